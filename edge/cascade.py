@@ -1,0 +1,174 @@
+"""The cascade: a classifier gates which parts of each strip the segmenter looks at.
+
+For a batch of strips (from any cameras): classify every classifier window in batches, keep the
+windows whose score reaches the gate for any class, segment only the segmenter windows that
+overlap them, and stitch the segmenter's outputs back onto the full frame (overlaps averaged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.backends import auto
+from edge.backends.base import Backend, BackendError
+from edge.modelspec import ModelFiles, load_repository
+from edge.preprocess import InputAdapter, OutputAdapter
+from edge.tiling import Stitcher, Tile
+
+
+class Stage:
+    """One model with its adapters and a preallocated input buffer of its max batch."""
+
+    def __init__(self, files: ModelFiles, backend: Backend) -> None:
+        self.files = files
+        self.backend = backend
+        self.inputs = InputAdapter(files.spec, backend.input_dtype)
+        self.outputs = OutputAdapter(files.spec)
+        self.buffer = self.inputs.new_batch(backend.max_batch)
+
+    @property
+    def spec(self):
+        return self.files.spec
+
+    def run_chunks(
+        self, images: Sequence[np.ndarray], work: Sequence[tuple[int, Tile]]
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (offset into work, raw output) for consecutive chunks of at most max batch."""
+        size = self.backend.max_batch
+        for start in range(0, len(work), size):
+            chunk = work[start : start + size]
+            for j, (i, window) in enumerate(chunk):
+                self.inputs.write(self.buffer, j, self.inputs.pixels_for(images[i], window))
+            yield start, self.backend.infer(self.buffer[: len(chunk)])
+
+
+@dataclass(slots=True)
+class StripResult:
+    scores: np.ndarray  # per classifier class: the highest score over the strip's windows
+    probs: np.ndarray | None  # per segmenter class, K x H x W; None when nothing passed the gate
+    windows_classified: int
+    windows_segmented: int
+
+
+class Cascade:
+    def __init__(self, classifier: Stage, segmenter: Stage) -> None:
+        self.classifier = classifier
+        self.segmenter = segmenter
+        self.gate = np.asarray(classifier.spec.per_class("gate"), np.float32)
+
+    @classmethod
+    def load(
+        cls,
+        models: Path,
+        backend: auto.BackendName = "onnxruntime",
+        *,
+        max_batch: int = 32,
+        threads: int = 0,
+    ) -> Cascade:
+        """Load both models of a repository and prove they run (errors name the model)."""
+        stages = {}
+        for role, files in load_repository(models).items():
+            sample_shape = InputAdapter(files.spec).sample_shape()
+            runner = auto.create(backend, files, sample_shape, max_batch=max_batch, threads=threads)
+            stages[role] = Stage(files, runner)
+        cascade = cls(stages["classifier"], stages["segmenter"])
+        cascade.self_test()
+        return cascade
+
+    def self_test(self) -> None:
+        """Run each model once on a blank strip, so a broken model fails at startup, not later."""
+        blank = np.full((256, 1600), 128, np.uint8)
+        for stage in (self.classifier, self.segmenter):
+            window = stage.inputs.windows(256, 1600)[0]
+            try:
+                (_, raw), *_ = stage.run_chunks([blank], [(0, window)])
+                if stage is self.classifier:
+                    stage.outputs.scores(raw)
+                else:
+                    stage.outputs.maps(raw, *stage.inputs.model_hw)
+            except Exception as exc:
+                raise BackendError(
+                    f"model {stage.files.model_id} failed its self-test: {exc}"
+                ) from exc
+
+    def close(self) -> None:
+        self.classifier.backend.close()
+        self.segmenter.backend.close()
+
+    @property
+    def model_ids(self) -> dict[str, str]:
+        return {
+            "classifier": self.classifier.files.model_id,
+            "segmenter": self.segmenter.files.model_id,
+        }
+
+    def classify(self, images: Sequence[np.ndarray]) -> tuple[list[tuple[int, Tile]], np.ndarray]:
+        """Every classifier window of every strip and its per-class scores (windows x K)."""
+        work = [
+            (i, window)
+            for i, image in enumerate(images)
+            for window in self.classifier.inputs.windows(*image.shape[:2])
+        ]
+        scores = np.empty((len(work), self.classifier.spec.num_classes), np.float32)
+        for start, raw in self.classifier.run_chunks(images, work):
+            scores[start : start + raw.shape[0]] = self.classifier.outputs.scores(raw)
+        return work, scores
+
+    def segment_work(
+        self, images: Sequence[np.ndarray], suspicious: list[list[Tile]]
+    ) -> list[tuple[int, Tile]]:
+        """Segmenter windows that overlap a window the classifier flagged."""
+        work = []
+        for i, flagged in enumerate(suspicious):
+            if not flagged:
+                continue
+            for window in self.segmenter.inputs.windows(*images[i].shape[:2]):
+                if self.segmenter.inputs.feed.mode == "resize" or any(
+                    window.intersects(f) for f in flagged
+                ):
+                    work.append((i, window))
+        return work
+
+    def run(self, images: Sequence[np.ndarray]) -> list[StripResult]:
+        work, scores = self.classify(images)
+        passing = (scores >= self.gate).any(axis=1)
+        suspicious: list[list[Tile]] = [[] for _ in images]
+        strip_scores = [np.zeros(self.classifier.spec.num_classes, np.float32) for _ in images]
+        for (i, window), row, hit in zip(work, scores, passing, strict=True):
+            np.maximum(strip_scores[i], row, out=strip_scores[i])
+            if hit:
+                suspicious[i].append(window)
+
+        seg_work = self.segment_work(images, suspicious)
+        stitchers: dict[int, Stitcher] = {}
+        classes = self.segmenter.spec.num_classes
+        tile_h, tile_w = self.segmenter.inputs.model_hw
+        resize_feed = self.segmenter.inputs.feed.mode == "resize"
+        for start, raw in self.segmenter.run_chunks(images, seg_work):
+            chunk = seg_work[start : start + raw.shape[0]]
+            maps = None if resize_feed else self.segmenter.outputs.maps(raw, tile_h, tile_w)
+            for j, (i, window) in enumerate(chunk):
+                h, w = images[i].shape[:2]
+                stitcher = stitchers.get(i)
+                if stitcher is None:
+                    stitcher = stitchers[i] = Stitcher(classes, h, w)
+                if maps is None:
+                    stitcher.set_whole(self.segmenter.outputs.maps(raw[j : j + 1], h, w)[0])
+                else:
+                    stitcher.add(window, maps[j])
+
+        segmented = np.bincount([i for i, _ in seg_work], minlength=len(images))
+        classified = np.bincount([i for i, _ in work], minlength=len(images))
+        return [
+            StripResult(
+                scores=strip_scores[i],
+                probs=stitchers[i].result() if i in stitchers else None,
+                windows_classified=int(classified[i]),
+                windows_segmented=int(segmented[i]),
+            )
+            for i in range(len(images))
+        ]

@@ -1,0 +1,112 @@
+"""The daemon's one validated configuration, from a TOML file and command-line flags.
+
+Flags override the file; every key is checked here, before anything starts, and a bad value
+gets an error that names the key, the file and the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge.backends.auto import BackendName
+from edge.modelspec import format_validation_error
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the reason."""
+
+
+def shipped_models() -> Path:
+    """The reference model repository installed with the package (models/ in the source tree)."""
+    return Path(str(importlib.resources.files("edge.reference_models")))
+
+
+def _endpoint(value: str) -> str:
+    if "://" not in value:
+        raise ValueError(f"{value!r} is not a ZeroMQ endpoint like tcp://host:port or ipc:///path")
+    return value
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- sockets --
+    sources: list[str] = Field(default_factory=list, description="camera endpoints to connect to")
+    bind_sources: list[str] = Field(
+        default_factory=list, description="endpoints to bind for cameras that connect"
+    )
+    publish: str = "tcp://127.0.0.1:5556"
+    rcvhwm: int = Field(1000, gt=0, description="frames ZeroMQ buffers per camera before it drops")
+    max_message_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    # -- models and inference --
+    models: Path = Field(default_factory=shipped_models)
+    backend: BackendName = "onnxruntime"
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
+    max_batch: int = Field(32, gt=0, le=1024, description="tiles per model batch")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="how long a partial batch waits for more strips"
+    )
+    # -- load shedding and lifecycle --
+    queue_size: int = Field(16, gt=0, description="strips waiting for inference")
+    overload: Literal["drop-oldest", "block"] = "drop-oldest"
+    status_interval_s: float = Field(1.0, gt=0)
+    drain_timeout_s: float = Field(10.0, gt=0)
+    daemon_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    # -- logging --
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("sources", "bind_sources")
+    @classmethod
+    def _endpoints(cls, values: list[str]) -> list[str]:
+        return [_endpoint(v) for v in values]
+
+    @field_validator("publish")
+    @classmethod
+    def _publish(cls, value: str) -> str:
+        return _endpoint(value)
+
+    @field_validator("models")
+    @classmethod
+    def _models_dir(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"model repository {str(value)!r} is not a folder")
+        return value
+
+    @model_validator(mode="after")
+    def _some_source(self) -> Config:
+        if not self.sources and not self.bind_sources:
+            raise ValueError(
+                "no cameras: give at least one source (--source) or bind_sources (--bind-source)"
+            )
+        return self
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> Config:
+    """Read ``path`` (TOML) if given, apply non-None overrides, validate."""
+    data: dict[str, Any] = {}
+    where = "command line"
+    if path is not None:
+        where = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        base = path.parent
+        if "models" in data and isinstance(data["models"], str):
+            # Relative model paths in a config file mean relative to that file.
+            data["models"] = str(base / os.path.expanduser(data["models"]))
+    data.update({k: v for k, v in overrides.items() if v is not None and v != []})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {format_validation_error(exc)}") from None

@@ -1,0 +1,51 @@
+"""Kaggle/Severstal run-length encoding of binary masks.
+
+Pixels are numbered from 1, top to bottom then left to right (column-major over the H x W
+frame); the string is space-separated ``start length`` pairs. An empty mask encodes as ``""``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def encode(mask: np.ndarray) -> str:
+    """RLE of a 2-D boolean (or 0/1) mask."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    flat = np.asarray(mask, dtype=bool).ravel(order="F").view(np.uint8)
+    # Padding with zeros makes every run have a rising and a falling edge.
+    edges = np.flatnonzero(np.diff(flat, prepend=np.uint8(0), append=np.uint8(0)))
+    if edges.size == 0:
+        return ""
+    starts = edges[0::2] + 1
+    lengths = edges[1::2] - edges[0::2]
+    pairs = np.empty(starts.size * 2, dtype=np.int64)
+    pairs[0::2], pairs[1::2] = starts, lengths
+    return " ".join(map(str, pairs.tolist()))
+
+
+def decode(rle: str, height: int, width: int) -> np.ndarray:
+    """The H x W boolean mask of an RLE string; raises ValueError on a malformed string."""
+    flat = np.zeros(height * width, dtype=bool)
+    tokens = rle.split()
+    if len(tokens) % 2:
+        raise ValueError(f"RLE has an odd number of values ({len(tokens)})")
+    if not tokens:
+        return flat.reshape((height, width), order="F")
+    try:
+        values = np.asarray(tokens, dtype=np.int64)
+    except ValueError:
+        raise ValueError("RLE holds something other than integers") from None
+    starts, lengths = values[0::2] - 1, values[1::2]
+    if (starts < 0).any() or (lengths < 1).any():
+        raise ValueError("RLE starts must be >= 1 and lengths >= 1")
+    ends = starts + lengths
+    if (ends > flat.size).any():
+        raise ValueError(f"RLE runs past the end of a {height}x{width} mask")
+    # A cumulative sum of +1/-1 at run edges marks covered pixels without a Python loop.
+    marks = np.zeros(flat.size + 1, dtype=np.int32)
+    np.add.at(marks, starts, 1)
+    np.add.at(marks, ends, -1)
+    flat = np.cumsum(marks[:-1]) > 0
+    return flat.reshape((height, width), order="F")

@@ -1,0 +1,290 @@
+"""The daemon's lifecycle: startup -> main loop -> shutdown, and the three threads it runs.
+
+    receiver thread   SUB socket -> validate/decode -> WorkQueue (bounded; rejects and drops
+                      become events right here)
+    inference thread  WorkQueue -> batches across cameras -> Cascade -> result events
+    publisher thread  events -> PUB socket, plus a periodic status message
+
+A signal sets ``should_exit``; shutdown stops receiving, lets the inference thread finish what is
+queued (bounded by ``drain_timeout_s``; frames it cannot finish get a ``drop`` event with reason
+``shutdown``), publishes every event and a final status, then closes the sockets.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+import structlog
+import zmq
+
+from edge import protocol
+from edge.cascade import Cascade
+from edge.config import Config
+from edge.frames import Frame
+from edge.ledger import Ledger
+from edge.postprocess import defects_from_probs
+from edge.protocol import ProtocolError
+from edge.sinks import EventPublisher
+from edge.sources import FrameReceiver, read_frame
+from edge.workqueue import Closed, WorkQueue
+
+log = structlog.get_logger(__name__)
+_STOP = object()
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Server:
+    def __init__(self, config: Config, cascade: Cascade | None = None) -> None:
+        self.config = config
+        self.cascade = cascade
+        self.should_exit = threading.Event()
+        self.started = threading.Event()
+        self.ledger = Ledger()
+        self.publish_endpoint: str | None = None
+        self.bound_sources: list[str] = []
+        self.failure: BaseException | None = None
+        self._stop_receiving = threading.Event()
+        self._abandon = threading.Event()  # drain ran out of time: stop after the current batch
+        self._queue: WorkQueue[Frame] = WorkQueue(config.queue_size, config.overload)
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._context: zmq.Context | None = None
+        self._threads: list[threading.Thread] = []
+        self._started_at = time.monotonic()
+        self.batches = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Blocking: the whole life of the daemon. Returns the process exit code."""
+        self.install_signal_handlers()
+        try:
+            self.startup()
+            self.main_loop()
+        finally:
+            self.shutdown()
+        return 1 if self.failure else 0
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may; an embedding caller sets should_exit itself
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self.handle_exit)
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        log.info("signal received, shutting down", signal=signal.Signals(sig).name)
+        self.should_exit.set()
+
+    def startup(self) -> None:
+        cfg = self.config
+        if self.cascade is None:
+            self.cascade = Cascade.load(
+                cfg.models, cfg.backend, max_batch=cfg.max_batch, threads=cfg.threads
+            )
+        self._context = zmq.Context()
+        publisher = EventPublisher(self._context, cfg.publish)
+        self.publish_endpoint = publisher.endpoint
+        receiver = FrameReceiver(
+            self._context,
+            connect=cfg.sources,
+            bind=cfg.bind_sources,
+            rcvhwm=cfg.rcvhwm,
+            max_message_bytes=cfg.max_message_bytes,
+        )
+        self.bound_sources = receiver.bound
+        self._started_at = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._guard(self._publish_loop, publisher), name="publisher"),
+            threading.Thread(target=self._guard(self._inference_loop), name="inference"),
+            threading.Thread(target=self._guard(self._receive_loop, receiver), name="receiver"),
+        ]
+        for thread in self._threads:
+            thread.start()
+        log.info(
+            "daemon ready",
+            publish=self.publish_endpoint,
+            sources=cfg.sources,
+            bind_sources=self.bound_sources,
+            models=self.cascade.model_ids,
+            backend=self.cascade.classifier.backend.name,
+        )
+        self.started.set()
+
+    def main_loop(self) -> None:
+        while not self.should_exit.wait(0.2):
+            if self.failure is not None:
+                break
+
+    def shutdown(self) -> None:
+        if not self._threads:
+            self._close_context()
+            return
+        receiver, inference, publisher = self._threads[2], self._threads[1], self._threads[0]
+        self._stop_receiving.set()
+        receiver.join()
+        self._queue.close()
+        inference.join(self.config.drain_timeout_s)
+        if inference.is_alive():
+            self._abandon.set()
+            inference.join()
+        for frame in self._queue.take_all():
+            self._drop(frame, "shutdown")
+        self._outbox.put(_STOP)
+        publisher.join()
+        self._close_context()
+        if self.cascade is not None:
+            self.cascade.close()
+        log.info("daemon stopped", counts=self.ledger.snapshot())
+
+    def _close_context(self) -> None:
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+
+    def _guard(self, target: Any, *args: Any) -> Any:
+        """Run a thread body; an unexpected error stops the daemon loudly instead of hanging it."""
+
+        def body() -> None:
+            try:
+                target(*args)
+            except BaseException as exc:
+                self.failure = exc
+                log.exception("thread failed, stopping", thread=threading.current_thread().name)
+                self.should_exit.set()
+                self._stop_receiving.set()
+                self._queue.close()
+                if threading.current_thread().name == "publisher":
+                    return
+                self._outbox.put(_STOP)
+
+        return body
+
+    # -- receiver thread -------------------------------------------------------------------
+
+    def _receive_loop(self, receiver: FrameReceiver) -> None:
+        try:
+            while not self._stop_receiving.is_set():
+                parts = receiver.receive(timeout_ms=100)
+                if parts is not None:
+                    self._accept(parts)
+        finally:
+            receiver.close()
+
+    def _accept(self, parts: list[zmq.Frame]) -> None:
+        try:
+            frame = read_frame(parts)
+        except ProtocolError as err:
+            self.ledger.count(err.camera, "received")
+            self._reject(err.camera, err.seq, err.reason)
+            return
+        header = frame.header
+        self.ledger.count(header.camera, "received")
+        for event in self.ledger.observe_seq(header.camera, header.seq):
+            self._emit(header.camera, event)
+        left_over = self._queue.put(frame, stop=self._stop_receiving)
+        if left_over is frame:  # blocked until shutdown: never queued
+            self._drop(frame, "shutdown")
+        elif left_over is not None:
+            self._drop(left_over, "overload")
+
+    # -- inference thread ------------------------------------------------------------------
+
+    def _inference_loop(self) -> None:
+        assert self.cascade is not None
+        tiles_per_strip = max(1, len(self.cascade.classifier.inputs.windows(256, 1600)))
+        max_strips = max(1, self.config.max_batch // tiles_per_strip)
+        max_wait_s = self.config.max_wait_ms / 1000
+        while not self._abandon.is_set():
+            try:
+                batch = self._queue.get_batch(max_strips, max_wait_s)
+            except Closed:
+                return
+            if batch:
+                self._infer(batch)
+
+    def _infer(self, frames: list[Frame]) -> None:
+        assert self.cascade is not None
+        try:
+            results = self.cascade.run([f.pixels for f in frames])
+        except Exception:
+            if len(frames) > 1:
+                # Find the frame that breaks the batch so the others still get results.
+                for frame in frames:
+                    self._infer([frame])
+                return
+            frame = frames[0]
+            log.exception("inference failed", camera=frame.header.camera, seq=frame.header.seq)
+            self._reject(
+                frame.header.camera,
+                frame.header.seq,
+                f"inference failed on a {list(frame.header.shape)} frame",
+                frame.header.ts_ns,
+            )
+            return
+        self.batches += 1
+        seg_spec = self.cascade.segmenter.spec
+        model = self.cascade.model_ids
+        for frame, result in zip(frames, results, strict=True):
+            defects = [] if result.probs is None else defects_from_probs(result.probs, seg_spec)
+            latency_ms = (time.monotonic_ns() - frame.received_ns) / 1e6
+            event = protocol.result_event(
+                frame.header,
+                defective=bool(defects),
+                scores=[round(float(s), 4) for s in result.scores],
+                defects=defects,
+                latency_ms=round(latency_ms, 3),
+                model=model,
+            )
+            self.ledger.count(frame.header.camera, "results")
+            self._emit(frame.header.camera, event)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _emit(self, camera: str, event: dict[str, Any]) -> None:
+        self._outbox.put((protocol.event_topic(camera), event))
+
+    def _reject(self, camera: str, seq: int, reason: str, ts_ns: int | None = None) -> None:
+        self.ledger.count(camera, "rejects")
+        log.warning("frame rejected", camera=camera, seq=seq, reason=reason)
+        self._emit(camera, protocol.reject_event(camera, seq, reason, ts_ns))
+
+    def _drop(self, frame: Frame, reason: str) -> None:
+        self.ledger.count(frame.header.camera, "drops")
+        self._emit(frame.header.camera, protocol.drop_event(frame.header, reason))
+
+    def status(self) -> dict[str, Any]:
+        return protocol.status_event(
+            self.config.daemon_id,
+            uptime_s=round(time.monotonic() - self._started_at, 3),
+            cameras=self.ledger.snapshot(),
+            queue_depth=len(self._queue),
+            batches=self.batches,
+            models=self.cascade.model_ids if self.cascade else {},
+        )
+
+    # -- publisher thread ------------------------------------------------------------------
+
+    def _publish_loop(self, publisher: EventPublisher) -> None:
+        topic = protocol.status_topic(self.config.daemon_id)
+        interval = self.config.status_interval_s
+        next_status = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_status:
+                    publisher.send(topic, self.status())
+                    next_status = now + interval
+                try:
+                    item = self._outbox.get(timeout=max(0.0, next_status - time.monotonic()))
+                except queue.Empty:
+                    continue
+                if item is _STOP:
+                    break
+                publisher.send(*item)
+            publisher.send(topic, self.status())
+        finally:
+            # Bounded: subscribers get what is queued if they keep up, but never hold up exit.
+            publisher.close(linger_ms=2000)

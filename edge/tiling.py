@@ -1,0 +1,89 @@
+"""Cutting strips into model-sized tiles and stitching per-tile outputs back to the full frame.
+
+Tiles overlap evenly so they cover the strip exactly (no padding on a 256x1600 strip: 7 tiles of
+256 starting every 224 px). A strip smaller than a tile along an axis is padded by reflection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """A tile's window on the strip: rows y:y+h, columns x:x+w (h, w clipped to the strip)."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+
+    def intersects(self, other: Tile) -> bool:
+        return (
+            self.x < other.x + other.w
+            and other.x < self.x + self.w
+            and self.y < other.y + other.h
+            and other.y < self.y + self.h
+        )
+
+
+def tile_starts(length: int, tile: int, count: int = 0) -> list[int]:
+    """Start offsets of ``count`` tiles (0: the fewest) spread evenly to cover ``length``."""
+    if length <= tile:
+        return [0]
+    n = max(math.ceil(length / tile), count)
+    if n == 1:
+        return [0]
+    span = length - tile
+    return [round(i * span / (n - 1)) for i in range(n)]
+
+
+def tile_grid(
+    height: int, width: int, tile_h: int, tile_w: int, rows: int = 0, columns: int = 0
+) -> list[Tile]:
+    """Row-major tiles covering a height x width strip."""
+    return [
+        Tile(y, x, min(tile_h, height), min(tile_w, width))
+        for y in tile_starts(height, tile_h, rows)
+        for x in tile_starts(width, tile_w, columns)
+    ]
+
+
+def cut_tile(image: np.ndarray, tile: Tile, tile_h: int, tile_w: int) -> np.ndarray:
+    """The tile's pixels at the model's size: a view when it fits, a reflect-padded copy if not."""
+    window = image[tile.y : tile.y + tile.h, tile.x : tile.x + tile.w]
+    pad_y, pad_x = tile_h - window.shape[0], tile_w - window.shape[1]
+    if pad_y == 0 and pad_x == 0:
+        return window
+    return cv2.copyMakeBorder(window, 0, pad_y, 0, pad_x, cv2.BORDER_REFLECT_101).reshape(
+        (tile_h, tile_w, *window.shape[2:])
+    )
+
+
+class Stitcher:
+    """Averages per-tile probability maps (C x h x w) into one C x H x W map for a strip.
+
+    Pixels no segmented tile covered stay 0: the classifier judged them clean.
+    """
+
+    def __init__(self, channels: int, height: int, width: int) -> None:
+        self.total = np.zeros((channels, height, width), np.float32)
+        self.count = np.zeros((height, width), np.float32)
+
+    def add(self, tile: Tile, probs: np.ndarray) -> None:
+        """``probs`` is C x tile_h x tile_w at the model's tile size; padding is cut off."""
+        self.total[:, tile.y : tile.y + tile.h, tile.x : tile.x + tile.w] += probs[
+            :, : tile.h, : tile.w
+        ]
+        self.count[tile.y : tile.y + tile.h, tile.x : tile.x + tile.w] += 1.0
+
+    def set_whole(self, probs: np.ndarray) -> None:
+        self.total[:] = probs
+        self.count[:] = 1.0
+
+    def result(self) -> np.ndarray:
+        return self.total / np.maximum(self.count, 1.0)
