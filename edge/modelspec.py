@@ -195,7 +195,7 @@ def format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{key}: {err['msg']}")
+        lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(lines)
 
 

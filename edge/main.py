@@ -1,0 +1,302 @@
+"""The ``edge`` command line: the daemon and the tools around it."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge import __version__
+from edge.logs import configure
+
+app = typer.Typer(
+    help="Streaming edge inference for steel-strip surface inspection.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+Sources = Annotated[
+    list[str] | None,
+    typer.Option("--source", "-s", help="Endpoint to CONNECT to; repeat for several."),
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    source: Sources = None,
+    bind_source: Annotated[
+        list[str] | None,
+        typer.Option(help="Endpoint to BIND for cameras that connect to the daemon; repeatable."),
+    ] = None,
+    publish: Annotated[
+        str | None,
+        typer.Option(
+            help="Endpoint the daemon BINDs to publish events. (default: tcp://127.0.0.1:5556)"
+        ),
+    ] = None,
+    models: Annotated[
+        Path | None,
+        typer.Option(help="Model repository folder. (default: the shipped reference models)"),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML configuration file; flags override it."),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="onnxruntime | auto (default: onnxruntime)")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Tiles per model batch. (default: 32)")
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None,
+        typer.Option(help="How long a partial batch waits for more strips. (default: 5)"),
+    ] = None,
+    queue_size: Annotated[
+        int | None,
+        typer.Option(help="Strips waiting for inference before load is shed. (default: 16)"),
+    ] = None,
+    overload: Annotated[
+        str | None, typer.Option(help="drop-oldest | block (default: drop-oldest)")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="ONNX Runtime threads; 0 = all cores. (default: 0)")
+    ] = None,
+    daemon_id: Annotated[
+        str | None, typer.Option(help="Name in status topics. (default: hostname)")
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="auto | json | console (default: auto)")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug | info | warning | error (default: info)")
+    ] = None,
+) -> None:
+    """Run the inspection daemon: frames in from cameras, defect events out.
+
+    Example: edge run --source tcp://cam1:5555 --source tcp://cam2:5555 --publish tcp://*:5556
+    """
+    from edge.backends.base import BackendError
+    from edge.config import ConfigError, load_config
+    from edge.modelspec import ModelConfigError
+    from edge.server import Server
+
+    try:
+        cfg = load_config(
+            config,
+            sources=source,
+            bind_sources=bind_source,
+            publish=publish,
+            models=models,
+            backend=backend,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            queue_size=queue_size,
+            overload=overload,
+            threads=threads,
+            daemon_id=daemon_id,
+            log_format=log_format,
+            log_level=log_level,
+        )
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    configure(cfg.log_format, cfg.log_level)
+    server = Server(cfg)
+    try:
+        code = server.run()
+    except (ModelConfigError, BackendError) as err:
+        raise fail(str(err), 1) from None
+    except OSError as err:  # zmq.ZMQError is one: a port in use, a bad address
+        raise fail(f"cannot open sockets: {err}", 1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds to run (0: until Ctrl-C).")] = 15.0,
+    cameras: Annotated[int, typer.Option(min=1, max=8, help="Simulated cameras.")] = 2,
+    fps: Annotated[float, typer.Option(min=0.1, help="Strips per second per camera.")] = 5.0,
+    defect_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of defective strips.")
+    ] = 0.3,
+    models: Annotated[
+        Path | None, typer.Option(help="Model repository. (default: shipped)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic strips.")] = 0,
+) -> None:
+    """A simulated line on this machine: synthetic cameras -> daemon -> listener, live summary.
+
+    Needs nothing but this package: strips are generated, sockets are on loopback.
+    """
+    from edge.demo import run_demo
+
+    configure("console" if sys.stderr.isatty() else "json", "warning")
+    raise typer.Exit(
+        run_demo(
+            duration=duration,
+            cameras=cameras,
+            fps=fps,
+            defect_rate=defect_rate,
+            models=models,
+            seed=seed,
+        )
+    )
+
+
+@app.command()
+def camera(
+    to: Annotated[str, typer.Option(help="Endpoint the camera BINDs, e.g. tcp://*:5555.")],
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of strip images to send. (default: synthetic strips)"),
+    ] = None,
+    fps: Annotated[float, typer.Option(help="Frames per second (0: as fast as possible).")] = 20.0,
+    loop: Annotated[bool, typer.Option(help="Start over at the end of the folder.")] = False,
+    count: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+    camera_id: Annotated[
+        str, typer.Option("--camera-id", help="Camera id in topics and headers.")
+    ] = "cam1",
+    encoding: Annotated[str, typer.Option(help="raw | jpeg | png")] = "raw",
+    color: Annotated[bool, typer.Option(help="Send 3-channel RGB instead of grayscale.")] = False,
+    defect_rate: Annotated[
+        float, typer.Option(help="Synthetic strips only: share defective.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Synthetic strips only: seed.")] = 0,
+    wait_subscriber: Annotated[
+        float, typer.Option(help="Seconds to wait for a subscriber before sending.")
+    ] = 10.0,
+) -> None:
+    """Publish strip images as a camera would (from a folder, or synthetic ones)."""
+    from edge.camera import ImageLoadError, images_in, load_strip, run_camera
+    from edge.protocol import ENCODINGS
+
+    if encoding not in ENCODINGS:
+        raise fail(f"--encoding must be one of {list(ENCODINGS)}, got {encoding!r}")
+    configure()
+    if images is not None:
+        try:
+            paths = images_in(images)
+        except ImageLoadError as err:
+            raise fail(str(err)) from None
+        ordered = itertools.cycle(paths) if loop else iter(paths)
+        frames = (load_strip(p, gray=not color) for p in ordered)
+    else:
+        from edge.synthetic import strip_stream
+
+        frames = (s.image for s in strip_stream(seed, defect_rate=defect_rate))
+        if color:
+            import numpy as np
+
+            frames = (np.repeat(f[:, :, None], 3, axis=2) for f in frames)
+    try:
+        sent = run_camera(
+            to,
+            frames,
+            camera=camera_id,
+            fps=fps or None,
+            encoding=encoding,
+            count=count,
+            wait_subscriber_s=wait_subscriber,
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(f"sent {sent} frames", err=True)
+
+
+@app.command()
+def record(
+    out: Annotated[Path, typer.Option(help="Recording file to write (.edgerec).")],
+    source: Sources = None,
+    bind: Annotated[bool, typer.Option(help="BIND the sources instead of connecting.")] = False,
+    frames: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Record camera messages exactly as received, for replay and tests."""
+    from edge.recording import record as record_messages
+
+    if not source:
+        raise fail("give at least one --source")
+    configure()
+    stop = threading.Event()
+    try:
+        n = record_messages(source, out, frames=frames, duration_s=duration, bind=bind, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+        raise typer.Exit(130) from None
+    typer.echo(f"recorded {n} messages to {out}", err=True)
+
+
+@app.command()
+def replay(
+    recording: Annotated[Path, typer.Argument(help="A file written by `edge record`.")],
+    to: Annotated[str, typer.Option(help="Endpoint to BIND and publish on, e.g. tcp://*:5555.")],
+    fps: Annotated[
+        float | None, typer.Option(help="Fixed rate instead of the recorded timing.")
+    ] = None,
+    as_fast_as_possible: Annotated[
+        bool, typer.Option("--as-fast-as-possible", help="No pacing at all.")
+    ] = False,
+    wait_subscriber: Annotated[
+        float, typer.Option(help="Seconds to wait for a subscriber before sending.")
+    ] = 10.0,
+) -> None:
+    """Publish a recording again, message for message."""
+    from edge.camera import replay as replay_recording
+    from edge.recording import RecordingError
+
+    configure()
+    try:
+        n = replay_recording(
+            recording,
+            to,
+            fps=fps,
+            as_fast_as_possible=as_fast_as_possible,
+            wait_subscriber_s=wait_subscriber,
+        )
+    except RecordingError as err:
+        raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(f"replayed {n} messages", err=True)
+
+
+@app.command()
+def listen(
+    source: Annotated[
+        str, typer.Option("--source", "-s", help="The daemon's publish endpoint.")
+    ] = "tcp://127.0.0.1:5556",
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    status: Annotated[bool, typer.Option(help="Also print the periodic status messages.")] = True,
+) -> None:
+    """Print the daemon's events, one line each."""
+    from edge.listen import format_event, to_json_line
+    from edge.listen import listen as listen_events
+
+    def show(topic: str, body: dict) -> None:
+        typer.echo(to_json_line(body) if json_lines else format_event(topic, body))
+
+    try:
+        listen_events(source, show, count=count, status=status)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

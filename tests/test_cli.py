@@ -1,0 +1,103 @@
+"""The `edge` command as a user runs it: real processes, real signals, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from typer.testing import CliRunner
+
+from edge.main import app
+from edge.protocol import parse_event
+from tests.conftest import gray_strip
+from tests.test_server import frame_parts
+
+COMMANDS = ["run", "demo", "camera", "record", "replay", "listen"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], prog_name="edge")
+    assert result.exit_code == 0
+    assert "Usage: edge " + command in result.output
+
+
+def test_bad_flag_value_names_the_key() -> None:
+    result = CliRunner().invoke(app, ["run", "--source", "tcp://127.0.0.1:1", "--max-batch", "0"])
+    assert result.exit_code == 2
+    assert "max_batch: Input should be greater than 0" in result.output
+
+
+def test_broken_model_repository_is_named(tmp_path: Path) -> None:
+    (tmp_path / "classifier" / "1").mkdir(parents=True)
+    (tmp_path / "classifier" / "config.toml").write_text('role = "classifier"\nclasses = ["a"]\n')
+    (tmp_path / "classifier" / "1" / "model.onnx").write_bytes(b"not onnx")
+    result = CliRunner().invoke(app, ["run", "--source", "tcp://127.0.0.1:1", "--models", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "has no segmenter" in result.output
+
+
+def test_sigterm_drains_every_received_frame_and_exits_zero(tiny_repo: Path) -> None:
+    source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "edge.main", "run", "--bind-source", source, "--publish", publish,
+         "--models", str(tiny_repo), "--queue-size", "64", "--threads", "1", "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    context = zmq.Context()
+    try:
+        for line in daemon.stderr:
+            if json.loads(line)["event"] == "daemon ready":
+                break
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(publish)
+        cam = context.socket(zmq.XPUB)
+        cam.connect(source)
+        assert cam.poll(10000) and cam.recv()  # the daemon's subscription arrived
+        busy = gray_strip()
+        busy[::9, ::9] = 0  # every tile goes through both models: the drain has work to do
+        assert sub.poll(10000), "no status from the daemon"
+        for seq in range(30):
+            cam.send_multipart(frame_parts("cam1", seq, busy))
+        seqs: list[int] = []
+
+        def take() -> dict:
+            topic, body = parse_event(sub.recv_multipart())
+            if body["kind"] in ("result", "drop", "reject"):
+                seqs.append(body["seq"])
+            return body
+
+        received = 0
+        while received < 30:  # wait until the daemon has them all, then signal at once
+            body = take()
+            if body["kind"] == "status":
+                received = body["cameras"].get("cam1", {}).get("received", 0)
+        daemon.send_signal(signal.SIGTERM)
+        unfinished = 30 - len(seqs)
+        deadline = time.monotonic() + 60
+        while daemon.poll() is None or sub.poll(500):
+            assert time.monotonic() < deadline, "daemon did not exit"
+            if sub.poll(100):
+                take()
+        assert daemon.wait(30) == 0
+        assert sorted(seqs) == list(range(30))
+        assert unfinished > 0, "the signal came after all work was done: nothing was drained"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        context.destroy(linger=0)
