@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Literal
@@ -9,6 +10,23 @@ from typing import Literal
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
+
+
+class StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is at the time, and never raises.
+
+    A daemon thread must not die because its log stream went away (a closed pipe, a
+    restarted journald, a test harness that swapped stderr): the frame matters more.
+    """
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
@@ -26,6 +44,6 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=StderrLogger,
         cache_logger_on_first_use=False,
     )

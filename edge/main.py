@@ -208,6 +208,8 @@ def camera(
             count=count,
             wait_subscriber_s=wait_subscriber,
         )
+    except ImageLoadError as err:  # images load lazily: a bad file shows up mid-run
+        raise fail(str(err), 1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     typer.echo(f"sent {sent} frames", err=True)
@@ -249,6 +251,9 @@ def replay(
     wait_subscriber: Annotated[
         float, typer.Option(help="Seconds to wait for a subscriber before sending.")
     ] = 10.0,
+    allow_truncated: Annotated[
+        bool, typer.Option(help="Replay what a killed recorder left, up to its last whole message.")
+    ] = False,
 ) -> None:
     """Publish a recording again, message for message."""
     from edge.camera import replay as replay_recording
@@ -262,6 +267,7 @@ def replay(
             fps=fps,
             as_fast_as_possible=as_fast_as_possible,
             wait_subscriber_s=wait_subscriber,
+            allow_truncated=allow_truncated,
         )
     except RecordingError as err:
         raise fail(str(err)) from None

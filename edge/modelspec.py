@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_FILE = "config.toml"
@@ -35,7 +36,21 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet": {"scale": 1 / 255, "mean": IMAGENET_MEAN_RGB, "std": IMAGENET_STD_RGB},
+    "caffe": {"scale": 1.0, "mean": CAFFE_MEAN_BGR, "std": (1.0, 1.0, 1.0)},
+}
+
 Role = Literal["classifier", "segmenter"]
+
+
+def _same(given: Any, preset: float | tuple[float, ...]) -> bool:
+    try:
+        return bool(np.allclose(np.asarray(given, float), np.asarray(preset, float)))
+    except (TypeError, ValueError):
+        return False
+
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -66,19 +81,23 @@ class InputSpec(_Strict):
         if not isinstance(data, dict):
             return data
         preset = data.get("normalization", "unit" if "mean" not in data else "custom")
-        explicit = {"scale", "mean", "std"} & data.keys()
-        if preset in ("imagenet", "caffe") and explicit:
-            raise ValueError(
-                f"normalization = {preset!r} sets {sorted(explicit)} itself; remove them "
-                "or use normalization = 'custom'"
+        values = PRESETS.get(preset)
+        if values is not None:
+            # A preset's own values may be repeated (a dumped spec does); others conflict.
+            conflicting = sorted(
+                key
+                for key in ("scale", "mean", "std")
+                if key in data and not _same(data[key], values[key])
             )
-        data = dict(data, normalization=preset)
-        if preset == "imagenet":
-            data.update(scale=1 / 255, mean=IMAGENET_MEAN_RGB, std=IMAGENET_STD_RGB)
-        elif preset == "caffe":
-            data.update(scale=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0))
-            data.setdefault("color_order", "bgr")
-        return data
+            if conflicting:
+                raise ValueError(
+                    f"normalization = {preset!r} sets {conflicting} itself; remove them "
+                    "or use normalization = 'custom'"
+                )
+            data = dict(data, **values)
+            if preset == "caffe":
+                data.setdefault("color_order", "bgr")
+        return dict(data, normalization=preset)
 
     @model_validator(mode="after")
     def _per_channel(self) -> Self:

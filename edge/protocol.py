@@ -15,6 +15,7 @@ Daemon -> subscribers, a multipart message of two frames:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -132,12 +133,19 @@ def parse_frame_parts(parts: list[bytes] | list[memoryview]) -> tuple[FrameHeade
     in proportion to what the header claims.
     """
     if len(parts) != 3:
-        raise ProtocolError(f"expected 3 message parts (topic, header, payload), got {len(parts)}")
+        camera = UNKNOWN_CAMERA
+        if parts:
+            with contextlib.suppress(ProtocolError):
+                camera = _parse_topic(bytes(parts[0]))
+        raise ProtocolError(
+            f"expected 3 message parts (topic, header, payload), got {len(parts)}", camera
+        )
     topic_camera = _parse_topic(bytes(parts[0]))
     try:
         raw_header = unpack(parts[1])
     except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise ProtocolError(f"header is not valid msgpack: {exc}", topic_camera) from exc
+        detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        raise ProtocolError(f"header is not valid msgpack ({detail})", topic_camera) from exc
     header = parse_header(raw_header, topic_camera)
     payload = memoryview(parts[2])
     if header.encoding == "raw" and payload.nbytes != header.raw_size:
@@ -162,25 +170,31 @@ def _parse_topic(topic: bytes) -> str:
     return text[len(FRAME_TOPIC_PREFIX) :]
 
 
-def parse_header(raw: Any, topic_camera: str = UNKNOWN_CAMERA) -> FrameHeader:
-    """Check a decoded header map field by field; raise ProtocolError naming the bad field."""
+def parse_header(raw: Any, topic_camera: str | None = None) -> FrameHeader:
+    """Check a decoded header map field by field; raise ProtocolError naming the bad field.
+
+    ``topic_camera`` is the camera named in the topic, which the header must match.
+    """
+    fallback_camera = UNKNOWN_CAMERA if topic_camera is None else topic_camera
     if not isinstance(raw, dict):
-        raise ProtocolError(f"header must be a msgpack map, got {type(raw).__name__}", topic_camera)
+        raise ProtocolError(
+            f"header must be a msgpack map, got {type(raw).__name__}", fallback_camera
+        )
     camera = raw.get("camera")
     camera_ok = isinstance(camera, str) and camera != ""
     seq = raw.get("seq")
     seq_ok = isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0
-    where = (camera if camera_ok else topic_camera, seq if seq_ok else UNKNOWN_SEQ)
+    where = (camera if camera_ok else fallback_camera, seq if seq_ok else UNKNOWN_SEQ)
 
     def fail(reason: str) -> ProtocolError:
         return ProtocolError(reason, *where)
 
     version = raw.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # True and 1.0 equal 1 in Python
         raise fail(f"unknown protocol version v={version!r}; this daemon speaks v={VERSION}")
     if not camera_ok:
         raise fail(f"header field 'camera' must be a non-empty string, got {camera!r}")
-    if topic_camera != UNKNOWN_CAMERA and camera != topic_camera:
+    if topic_camera is not None and camera != topic_camera:
         raise fail(f"topic camera {topic_camera!r} does not match header camera {camera!r}")
     if not seq_ok:
         raise fail(f"header field 'seq' must be an integer >= 0, got {seq!r}")
@@ -303,7 +317,11 @@ def parse_event(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
     """Decode one daemon message into (topic, body) — what a subscriber does first."""
     if len(parts) != 2:
         raise ProtocolError(f"expected 2 message parts (topic, body), got {len(parts)}")
-    body = unpack(parts[1])
+    try:
+        topic = bytes(parts[0]).decode("utf-8")
+        body = unpack(parts[1])
+    except Exception as exc:  # msgpack and UTF-8 errors alike mean "not a daemon message"
+        raise ProtocolError(f"not a daemon message: {type(exc).__name__}: {exc}") from exc
     if not isinstance(body, dict) or body.get("v") != VERSION:
         raise ProtocolError(f"event body is not a v{VERSION} map")
-    return parts[0].decode("utf-8"), body
+    return topic, body

@@ -35,8 +35,8 @@ def decode(rle: str, height: int, width: int) -> np.ndarray:
         return flat.reshape((height, width), order="F")
     try:
         values = np.asarray(tokens, dtype=np.int64)
-    except ValueError:
-        raise ValueError("RLE holds something other than integers") from None
+    except (ValueError, OverflowError):
+        raise ValueError("RLE holds something other than integers that fit 64 bits") from None
     starts, lengths = values[0::2] - 1, values[1::2]
     if (starts < 0).any() or (lengths < 1).any():
         raise ValueError("RLE starts must be >= 1 and lengths >= 1")

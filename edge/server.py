@@ -178,17 +178,23 @@ class Server:
             frame = read_frame(parts)
         except ProtocolError as err:
             self.ledger.count(err.camera, "received")
+            if err.seq != protocol.UNKNOWN_SEQ:
+                # Received, though rejected: it must not be reported missing in a gap too.
+                self._observe_seq(err.camera, err.seq)
             self._reject(err.camera, err.seq, err.reason)
             return
         header = frame.header
         self.ledger.count(header.camera, "received")
-        for event in self.ledger.observe_seq(header.camera, header.seq):
-            self._emit(header.camera, event)
+        self._observe_seq(header.camera, header.seq)
         left_over = self._queue.put(frame, stop=self._stop_receiving)
         if left_over is frame:  # blocked until shutdown: never queued
             self._drop(frame, "shutdown")
         elif left_over is not None:
             self._drop(left_over, "overload")
+
+    def _observe_seq(self, camera: str, seq: int) -> None:
+        for event in self.ledger.observe_seq(camera, seq):
+            self._emit(camera, event)
 
     # -- inference thread ------------------------------------------------------------------
 

@@ -46,7 +46,9 @@ class Subscriber:
         while time.monotonic() < deadline:
             if self.socket.poll(20):
                 topic, body = parse_event(self.socket.recv_multipart())
-                (self.statuses if topic.startswith(STATUS_TOPIC_PREFIX) else self.events).append(body)
+                (self.statuses if topic.startswith(STATUS_TOPIC_PREFIX) else self.events).append(
+                    body
+                )
             elif self.events and timeout_s == 0:
                 return
 

@@ -46,7 +46,9 @@ def test_broken_model_repository_is_named(tmp_path: Path) -> None:
     (tmp_path / "classifier" / "1").mkdir(parents=True)
     (tmp_path / "classifier" / "config.toml").write_text('role = "classifier"\nclasses = ["a"]\n')
     (tmp_path / "classifier" / "1" / "model.onnx").write_bytes(b"not onnx")
-    result = CliRunner().invoke(app, ["run", "--source", "tcp://127.0.0.1:1", "--models", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["run", "--source", "tcp://127.0.0.1:1", "--models", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert "has no segmenter" in result.output
 
@@ -54,9 +56,27 @@ def test_broken_model_repository_is_named(tmp_path: Path) -> None:
 def test_sigterm_drains_every_received_frame_and_exits_zero(tiny_repo: Path) -> None:
     source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.main", "run", "--bind-source", source, "--publish", publish,
-         "--models", str(tiny_repo), "--queue-size", "64", "--threads", "1", "--log-format", "json"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "edge.main",
+            "run",
+            "--bind-source",
+            source,
+            "--publish",
+            publish,
+            "--models",
+            str(tiny_repo),
+            "--queue-size",
+            "64",
+            "--threads",
+            "1",
+            "--log-format",
+            "json",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     context = zmq.Context()
     try:
@@ -77,7 +97,7 @@ def test_sigterm_drains_every_received_frame_and_exits_zero(tiny_repo: Path) -> 
         seqs: list[int] = []
 
         def take() -> dict:
-            topic, body = parse_event(sub.recv_multipart())
+            _topic, body = parse_event(sub.recv_multipart())
             if body["kind"] in ("result", "drop", "reject"):
                 seqs.append(body["seq"])
             return body

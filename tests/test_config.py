@@ -7,7 +7,9 @@ import pytest
 from edge.config import ConfigError, load_config, shipped_models
 
 
-def test_flags_override_the_file_and_relative_models_follow_the_file(tmp_path: Path, tiny_repo: Path) -> None:
+def test_flags_override_the_file_and_relative_models_follow_the_file(
+    tmp_path: Path, tiny_repo: Path
+) -> None:
     (tmp_path / "models").symlink_to(tiny_repo)
     path = tmp_path / "edge.toml"
     path.write_text('sources = ["tcp://cam1:5555"]\nmodels = "models"\nmax_batch = 8\n')
@@ -28,7 +30,10 @@ def test_defaults_serve_the_shipped_models() -> None:
     [
         ('sources = ["tcp://a:1"]\nmax_batch = 0', "max_batch: Input should be greater than 0"),
         ('sources = ["tcp://a:1"]\nmax_bacth = 4', "max_bacth: Extra inputs are not permitted"),
-        ('sources = ["tcp://a:1"]\noverload = "panic"', "overload: Input should be 'drop-oldest' or 'block'"),
+        (
+            'sources = ["tcp://a:1"]\noverload = "panic"',
+            "overload: Input should be 'drop-oldest' or 'block'",
+        ),
         ('sources = ["cam1:5555"]', "sources: 'cam1:5555' is not a ZeroMQ endpoint"),
         ('sources = ["tcp://a:1"]\nmodels = "nowhere"', "models: model repository"),
         ("publish = 'tcp://*:1'", "no cameras"),

@@ -7,7 +7,11 @@ def test_gap_restart_and_counts() -> None:
     ledger = Ledger()
     events = [e for seq in [0, 1, 4, 5, 0, 1, 1] for e in ledger.observe_seq("cam1", seq)]
     assert [(e["kind"], e.get("first_seq"), e.get("last_seq")) for e in events] == [
-        ("gap", 2, 3, ),
+        (
+            "gap",
+            2,
+            3,
+        ),
         ("camera_restart", None, None),
         ("camera_restart", None, None),
     ]

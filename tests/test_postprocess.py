@@ -22,7 +22,9 @@ def test_small_components_are_removed_and_kept_ones_reported_largest_first() -> 
 
 def test_defects_use_per_class_thresholds_and_encode_full_frame_masks() -> None:
     spec = ModelSpec(
-        name="seg", role="segmenter", classes=("a", "b"),
+        name="seg",
+        role="segmenter",
+        classes=("a", "b"),
         thresholds={"mask": (0.5, 0.95), "min_area": (1, 1)},
     )
     probs = np.zeros((2, 8, 10), np.float32)

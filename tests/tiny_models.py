@@ -21,7 +21,9 @@ CLASSES = ["dark", "bright", "very_dark", "very_bright"]
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> None:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,9 @@ def write_tiny_repository(root: Path, *, tile: int = 256, min_area: int = 1) -> 
     classes = "[" + ", ".join(f'"{c}"' for c in CLASSES) + "]"
     _save(classifier_graph(tile), root / "classifier" / "1" / "model.onnx")
     _save(segmenter_graph(tile), root / "segmenter" / "1" / "model.onnx")
-    (root / "classifier" / "config.toml").write_text(CLASSIFIER_TOML.format(classes=classes, tile=tile))
+    (root / "classifier" / "config.toml").write_text(
+        CLASSIFIER_TOML.format(classes=classes, tile=tile)
+    )
     (root / "segmenter" / "config.toml").write_text(
         SEGMENTER_TOML.format(classes=classes, tile=tile, min_area=min_area)
     )
