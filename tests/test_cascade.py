@@ -1,0 +1,153 @@
+"""The plants' existing model forms, served by configuration alone through the real cascade.
+
+Each stand-in model (tests/plant_models.py) computes a known function of its input tensor, so
+the expected score is computed here from the colour the strip was painted with and the config's
+preprocessing, written out by hand: channel order, caffe/ImageNet normalisation, softmax with a
+background logit, NHWC/NCHW, resize or tile feed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.cascade import Cascade
+from tests.plant_models import (
+    PlantModel,
+    efficientnet_binary_512,
+    keras_resnet50_binary,
+    keras_resnet50_unet,
+    pytorch_resnet18_softmax,
+    resnet50_multilabel,
+    write_model_dir,
+)
+
+RGB = np.array([200.0, 120.0, 40.0])  # distinct channels: a swapped order changes every score
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+def model_input(model: PlantModel, rgb: np.ndarray) -> np.ndarray:
+    """The input tensor (batch 1) a uniform strip of colour ``rgb`` must become."""
+    norm = model.config["input"]["normalization"]
+    if norm == "caffe":
+        channels = rgb[::-1] - CAFFE_MEAN_BGR
+    else:
+        channels = (rgb / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    shape = model.input_shape
+    if model.config["input"]["layout"] == "NHWC":
+        return np.broadcast_to(channels, shape).astype(np.float32)
+    return np.broadcast_to(channels[None, :, None, None], shape).astype(np.float32)
+
+
+def expected_scores(model: PlantModel, rgb: np.ndarray) -> np.ndarray:
+    out = model.expected(model_input(model, rgb))[0]
+    activation = model.config["output"]["activation"]
+    if activation == "sigmoid":
+        return 1 / (1 + np.exp(-out))
+    if activation == "softmax":
+        probs = np.exp(out) / np.exp(out).sum()
+        return np.delete(probs, model.config["output"]["background_index"])
+    return out
+
+
+def serve(tmp_path: Path, classifier: PlantModel, segmenter: PlantModel) -> Cascade:
+    write_model_dir(tmp_path, classifier)
+    write_model_dir(tmp_path, segmenter)
+    return Cascade.load(tmp_path, max_batch=8, threads=1)
+
+
+def uniform_strip(rgb: np.ndarray, height: int = 256, width: int = 1600) -> np.ndarray:
+    return np.broadcast_to(rgb.astype(np.uint8), (height, width, 3)).copy()
+
+
+CLASSIFIERS: list[Callable[[], PlantModel]] = [
+    keras_resnet50_binary,
+    pytorch_resnet18_softmax,
+    resnet50_multilabel,
+    efficientnet_binary_512,
+]
+
+
+@pytest.mark.parametrize("make", CLASSIFIERS, ids=lambda f: f.__name__)
+def test_plant_classifier_scores_follow_its_config(
+    tmp_path: Path, make: Callable[[], PlantModel]
+) -> None:
+    classifier, unet = make(), keras_resnet50_unet()
+    cascade = serve(tmp_path, classifier, unet)
+    (result,) = cascade.run([uniform_strip(RGB)])
+    want = expected_scores(classifier, RGB)
+    # float32 normalisation on ~100-valued caffe inputs: agreement to 1e-4 is all there is.
+    np.testing.assert_allclose(result.scores, want, atol=5e-4)
+    feed = classifier.config["feed"]
+    rows, columns = np.ceil(256 / feed["height"]), np.ceil(1600 / feed["width"])
+    tiles = 1 if feed["mode"] == "resize" else int(rows * columns)  # 224 px tiles: 2 rows of 8
+    assert result.windows_classified == tiles
+    # Reversed channels must score differently, or the test could not see an order mix-up.
+    assert not np.allclose(want, expected_scores(classifier, RGB[::-1]), atol=1e-3)
+
+
+def test_per_class_gates_decide_what_is_segmented(tmp_path: Path) -> None:
+    classifier = resnet50_multilabel()  # gates 0.3, 0.5, 0.7
+    cascade = serve(tmp_path, classifier, keras_resnet50_unet())
+    outcomes = set()
+    for value in range(0, 256, 15):
+        rgb = np.full(3, float(value))
+        scores = expected_scores(classifier, rgb)
+        (result,) = cascade.run([uniform_strip(rgb)])
+        gated = bool((scores >= np.array([0.3, 0.5, 0.7])).any())
+        assert (result.windows_segmented == 1) == gated, (value, scores)
+        assert (result.probs is not None) == gated
+        outcomes.add(gated)
+    assert outcomes == {True, False}  # both sides of the gates were exercised
+
+
+def test_resized_unet_output_comes_back_at_full_frame_size(tmp_path: Path) -> None:
+    unet = keras_resnet50_unet()
+    cascade = serve(tmp_path, efficientnet_binary_512(), unet)
+    cascade.gate[:] = 0.0  # segment every strip
+    (result,) = cascade.run([uniform_strip(RGB, 256, 1600)])
+    assert result.probs is not None and result.probs.shape == (4, 256, 1600)
+    want = unet.expected(model_input(unet, RGB))[0, 0, 0]  # the same at every pixel
+    np.testing.assert_allclose(result.probs[:, 128, 800], want, atol=5e-4)
+    np.testing.assert_allclose(result.probs.std(axis=(1, 2)), 0, atol=1e-5)
+
+
+def test_grayscale_strips_feed_three_channel_models(tmp_path: Path) -> None:
+    classifier = pytorch_resnet18_softmax()
+    cascade = serve(tmp_path, classifier, keras_resnet50_unet())
+    (result,) = cascade.run([np.full((256, 1600), 90, np.uint8)])
+    np.testing.assert_allclose(
+        result.scores, expected_scores(classifier, np.full(3, 90.0)), rtol=1e-4
+    )
+
+
+def test_batches_larger_than_max_batch_are_split(tmp_path: Path) -> None:
+    cascade = serve(tmp_path, resnet50_multilabel(), keras_resnet50_unet())
+    strips = [uniform_strip(np.full(3, float(v))) for v in (10, 100, 200)]  # 21 tiles, batch 8
+    results = cascade.run(strips)
+    singles = [cascade.run([s])[0] for s in strips]
+    for batched, single in zip(results, singles, strict=True):
+        np.testing.assert_allclose(batched.scores, single.scores, rtol=1e-6)
+        assert batched.windows_classified == 7
+
+
+def test_config_that_contradicts_the_model_is_refused_at_load(tmp_path: Path) -> None:
+    from edge.backends.base import BackendError
+
+    classifier = keras_resnet50_binary()
+    broken = PlantModel(
+        classifier.name,
+        {**classifier.config, "input": {**classifier.config["input"], "layout": "NCHW"}},
+        classifier.onnx_bytes,
+        classifier.expected,
+    )
+    with pytest.raises(
+        BackendError,
+        match=r"input .input_1. has shape \[.N., 224, 224, 3\], but its config \(input.layout=NCHW",
+    ):
+        serve(tmp_path, broken, keras_resnet50_unet())
