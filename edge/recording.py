@@ -40,8 +40,8 @@ msgpack ``str`` (UTF-8); binary parts are msgpack ``bin`` (bin 8/16/32).
    a reader reports that as truncation, naming the number of complete records and the byte
    offset at which the incomplete one starts.
 
-What ``record`` captures: its SUB socket subscribes to ``frame/``, so a recording holds every
-message whose first part starts with the bytes ``frame/`` (see ``edge.protocol``), valid or not.
+What ``record`` captures: its SUB socket subscribes to every topic, as the daemon's does, so a
+recording holds every message the daemon would have received, valid or not.
 """
 
 from __future__ import annotations
@@ -58,8 +58,6 @@ from typing import Any, BinaryIO, Final
 
 import msgpack
 import zmq
-
-from edge.protocol import FRAME_TOPIC_PREFIX
 
 MAGIC: Final = b"EDGEREC1"
 FORMAT: Final = "edgerec"
@@ -238,7 +236,7 @@ def record(
 ) -> int:
     """Record camera traffic from ``sources`` into ``out``; return the number of records.
 
-    A SUB socket subscribed to ``frame/`` connects to every source (or binds to each when
+    A SUB socket subscribed to every topic connects to every source (or binds to each when
     ``bind``) and every message it receives is written as is. Recording stops once ``frames``
     records are written, ``duration_s`` has elapsed, or ``stop`` is set, whichever is first;
     with none of them it runs until interrupted. ``on_record`` is called with the running count
@@ -248,18 +246,22 @@ def record(
         raise ValueError("record needs at least one source endpoint")
     mode = "bind" if bind else "connect"
     deadline = None if duration_s is None else time.monotonic() + duration_s
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, FRAME_TOPIC_PREFIX.encode())
-        for endpoint in sources:
-            if bind:
-                sock.bind(endpoint)
-            else:
-                sock.connect(endpoint)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        with RecordingWriter(out, f"{mode} {' '.join(sources)}") as writer:
+    # The file first: an unwritable path fails before any socket exists, and once a camera
+    # sees the subscription the recording is already readable.
+    with RecordingWriter(out, f"{mode} {' '.join(sources)}") as writer:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            # Everything, as the daemon subscribes: a message with a broken topic is recorded
+            # too, so a replay reproduces its reject.
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            for endpoint in sources:
+                if bind:
+                    sock.bind(endpoint)
+                else:
+                    sock.connect(endpoint)
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
             while frames is None or writer.count < frames:
                 if stop is not None and stop.is_set():
                     break
@@ -275,7 +277,7 @@ def record(
                 writer.write(parts, time.time_ns())
                 if on_record is not None:
                     on_record(writer.count)
-            log.info("recorded %d messages to %s", writer.count, os.fspath(out))
-            return writer.count
-    finally:
-        sock.close(linger=0)
+        finally:
+            sock.close(linger=0)
+        log.info("recorded %d messages to %s", writer.count, os.fspath(out))
+        return writer.count
