@@ -121,3 +121,63 @@ def test_sigterm_drains_every_received_frame_and_exits_zero(tiny_repo: Path) -> 
         if daemon.poll() is None:
             daemon.kill()
         context.destroy(linger=0)
+
+
+def test_camera_daemon_and_listener_as_separate_processes(tiny_repo: Path, severstal: Path) -> None:
+    """The README's workflow: `edge run`, `edge listen --json`, `edge camera --images`."""
+    cam, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    edge = [sys.executable, "-m", "edge.main"]
+    daemon = subprocess.Popen(
+        [
+            *edge,
+            "run",
+            "--source",
+            cam,
+            "--publish",
+            publish,
+            "--models",
+            str(tiny_repo),
+            "--threads",
+            "1",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    listener = subprocess.Popen(
+        [*edge, "listen", "--source", publish, "--json", "--count", "5", "--no-status"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        camera = subprocess.run(
+            [
+                *edge,
+                "camera",
+                "--to",
+                cam,
+                "--images",
+                str(severstal / "images"),
+                "--count",
+                "5",
+                "--fps",
+                "10",
+                "--encoding",
+                "png",
+                "--camera-id",
+                "line1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert camera.returncode == 0, camera.stderr
+        assert "sent 5 frames" in camera.stderr
+        out, _ = listener.communicate(timeout=60)
+        events = [json.loads(line) for line in out.splitlines()]
+        assert [(e["kind"], e["camera"], e["seq"]) for e in events] == [
+            ("result", "line1", i) for i in range(5)
+        ]
+    finally:
+        for proc in (listener, daemon):
+            if proc.poll() is None:
+                proc.terminate()
+        assert daemon.wait(30) == 0
