@@ -143,11 +143,13 @@ def test_camera_daemon_and_listener_as_separate_processes(tiny_repo: Path, sever
         stderr=subprocess.DEVNULL,
     )
     listener = subprocess.Popen(
-        [*edge, "listen", "--source", publish, "--json", "--count", "5", "--no-status"],
+        [*edge, "listen", "--source", publish, "--json", "--count", "5"],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
+        # The first status line proves the listener is subscribed: no event can be missed.
+        assert json.loads(listener.stdout.readline())["kind"] == "status"
         camera = subprocess.run(
             [
                 *edge,
@@ -172,7 +174,7 @@ def test_camera_daemon_and_listener_as_separate_processes(tiny_repo: Path, sever
         assert camera.returncode == 0, camera.stderr
         assert "sent 5 frames" in camera.stderr
         out, _ = listener.communicate(timeout=60)
-        events = [json.loads(line) for line in out.splitlines()]
+        events = [e for e in map(json.loads, out.splitlines()) if e["kind"] != "status"]
         assert [(e["kind"], e["camera"], e["seq"]) for e in events] == [
             ("result", "line1", i) for i in range(5)
         ]
