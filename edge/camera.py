@@ -8,7 +8,6 @@ connection handshake (the "slow joiner" problem) and the first frames of a run w
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Final
 
 import cv2
 import numpy as np
+import structlog
 import zmq
 
 from edge.protocol import ENCODINGS, FrameHeader, encode_frame
@@ -30,7 +30,7 @@ _SLICE_S: Final = 0.1
 # sending the whole backlog in one burst (which no real camera does).
 RESYNC_AFTER_S: Final = 1.0
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class ImageLoadError(ValueError):
@@ -285,10 +285,7 @@ def run_camera(
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {list(ENCODINGS)}")
     sent = 0
     with FramePublisher(to) as pub:
-        if not _wait_subscriber(pub, wait_subscriber_s, stop):
-            log.warning(
-                "no subscriber at %s after %.1f s; publishing anyway", to, wait_subscriber_s
-            )
+        _wait_subscriber(pub, wait_subscriber_s, stop)
         pacer = Pacer(fps, sleep=_sleeper(stop))
         items = iter(images)
         # Checked before pulling the next item, so a lazy loader never reads one image too many.
@@ -326,10 +323,7 @@ def replay(
     read_info(path)  # a bad file fails here, before anything is bound or waited for
     sent = 0
     with FramePublisher(to) as pub:
-        if not _wait_subscriber(pub, wait_subscriber_s, stop):
-            log.warning(
-                "no subscriber at %s after %.1f s; publishing anyway", to, wait_subscriber_s
-            )
+        _wait_subscriber(pub, wait_subscriber_s, stop)
         pacer = Pacer(fps, sleep=_sleeper(stop))
         for rec in read_recording(path, allow_truncated=allow_truncated):
             if _stopped(stop):
@@ -357,11 +351,13 @@ def _sleeper(stop: threading.Event | None) -> Callable[[float], Any]:
 
 
 def _wait_subscriber(pub: FramePublisher, timeout_s: float, stop: threading.Event | None) -> bool:
+    """Wait for a subscriber; without one in time, warn and go on, as a real camera would."""
     deadline = time.monotonic() + timeout_s
     while not _stopped(stop):
         left = deadline - time.monotonic()
         if pub.wait_for_subscriber(max(0.0, min(left, _SLICE_S))):
             return True
         if left <= 0:
-            return False
+            break
+    log.warning("no subscriber, publishing anyway", endpoint=pub.endpoint, waited_s=timeout_s)
     return False

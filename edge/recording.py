@@ -46,7 +46,6 @@ recording holds every message the daemon would have received, valid or not.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -57,6 +56,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Final
 
 import msgpack
+import structlog
 import zmq
 
 MAGIC: Final = b"EDGEREC1"
@@ -69,7 +69,7 @@ _POLL_MS: Final = 100
 # x 3 channels); 0 lifts it to 4 GiB. Memory still only grows with the bytes really in the file.
 _MAX_BUFFER: Final = 0
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class RecordingError(Exception):
@@ -279,5 +279,5 @@ def record(
                     on_record(writer.count)
         finally:
             sock.close(linger=0)
-        log.info("recorded %d messages to %s", writer.count, os.fspath(out))
+        log.info("recording finished", messages=writer.count, path=os.fspath(out))
         return writer.count
