@@ -121,14 +121,17 @@ class Cascade:
     def segment_work(
         self, images: Sequence[np.ndarray], suspicious: list[list[Tile]]
     ) -> list[tuple[int, Tile]]:
-        """Segmenter windows that overlap a window the classifier flagged."""
+        """Segmenter windows that cover much of a window the classifier flagged.
+
+        With the same tiling for both models that is exactly the flagged tiles.
+        """
         work = []
         for i, flagged in enumerate(suspicious):
             if not flagged:
                 continue
             for window in self.segmenter.inputs.windows(*images[i].shape[:2]):
                 if self.segmenter.inputs.feed.mode == "resize" or any(
-                    window.intersects(f) for f in flagged
+                    window.covers_much_of(f) for f in flagged
                 ):
                     work.append((i, window))
         return work

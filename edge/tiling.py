@@ -22,6 +22,25 @@ class Tile:
     h: int
     w: int
 
+    @property
+    def area(self) -> int:
+        return self.h * self.w
+
+    def overlap(self, other: Tile) -> int:
+        """Pixels the two windows share."""
+        dy = min(self.y + self.h, other.y + other.h) - max(self.y, other.y)
+        dx = min(self.x + self.w, other.x + other.w) - max(self.x, other.x)
+        return max(dy, 0) * max(dx, 0)
+
+    def covers_much_of(self, other: Tile) -> bool:
+        """True when the windows share at least half of the smaller one.
+
+        The cascade sends a segmenter window through when it covers much of a flagged classifier
+        window (or the other way round): a neighbour that only shares the tiles' overlap margin
+        is not sent, a small window inside a flagged one is.
+        """
+        return 2 * self.overlap(other) >= min(self.area, other.area)
+
     def intersects(self, other: Tile) -> bool:
         return (
             self.x < other.x + other.w

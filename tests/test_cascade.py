@@ -151,3 +151,13 @@ def test_config_that_contradicts_the_model_is_refused_at_load(tmp_path: Path) ->
         match=r"input .input_1. has shape \[.N., 224, 224, 3\], but its config \(input.layout=NCHW",
     ):
         serve(tmp_path, broken, keras_resnet50_unet())
+
+
+def test_only_flagged_tiles_go_through_the_segmenter(tiny_repo: Path) -> None:
+    cascade = Cascade.load(tiny_repo, max_batch=8, threads=1)
+    strip = np.full((256, 1600), 128, np.uint8)
+    strip[100:120, 500:520] = 0  # inside the tile at x=448 only (clear of its 32 px overlaps)
+    strip[10:20, 1350:1360] = 0  # in the overlap of the tiles at 1120 and 1344: both flagged
+    (result,) = cascade.run([strip])
+    assert result.windows_classified == 7
+    assert result.windows_segmented == 3

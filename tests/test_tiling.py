@@ -215,3 +215,13 @@ def test_neighbouring_nominal_tiles_overlap() -> None:
     for left, right in itertools.pairwise(tiles):
         assert left.intersects(right)
     assert not tiles[0].intersects(tiles[2])
+
+
+def test_overlap_and_covers_much_of() -> None:
+    a, right_neighbour = Tile(0, 0, 256, 256), Tile(0, 224, 256, 256)
+    assert a.overlap(right_neighbour) == 256 * 32
+    assert not a.covers_much_of(right_neighbour)  # only the overlap margin is shared
+    inside = Tile(64, 64, 128, 128)
+    assert a.covers_much_of(inside) and inside.covers_much_of(a)
+    assert a.overlap(Tile(0, 300, 10, 10)) == 0
+    assert a.covers_much_of(a)
