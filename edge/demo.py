@@ -22,7 +22,7 @@ from edge.camera import FramePublisher, Pacer
 from edge.config import load_config
 from edge.listen import listen
 from edge.server import Server
-from edge.synthetic import strip_stream
+from edge.synthetic import CLASS_NAMES, strip_stream
 
 
 @dataclass
@@ -33,6 +33,8 @@ class Tally:
     kinds: Counter[str] = field(default_factory=Counter)
     defective: int = 0
     classes: Counter[str] = field(default_factory=Counter)
+    truth: Counter[str] = field(default_factory=Counter)  # what the synthetic strips really held
+    truly_defective: int = 0
     latencies: list[float] = field(default_factory=list)
     statuses: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -45,6 +47,9 @@ class Tally:
             self.kinds[body.get("kind", "?")] += 1
             if body.get("kind") == "result":
                 self.latencies.append(body["latency_ms"])
+                drawn = body.get("meta", {}).get("synthetic_classes", [])
+                self.truly_defective += bool(drawn)
+                self.truth.update(CLASS_NAMES[c - 1] for c in drawn)
                 if body["defective"]:
                     self.defective += 1
                     self.classes.update(d["name"] for d in body["defects"])
@@ -52,21 +57,22 @@ class Tally:
     def table(self, elapsed: float) -> Table:
         with self.lock:
             lat = sorted(self.latencies)
-            table = Table(title=f"edge demo — {elapsed:.0f} s", show_header=False)
-            table.add_column(style="bold")
-            table.add_column(justify="right")
+            table = Table(title=f"edge demo — {elapsed:.0f} s")
+            table.add_column("", style="bold")
+            table.add_column("daemon", justify="right")
+            table.add_column("drawn", justify="right", style="dim")
             results = self.kinds["result"]
-            table.add_row("frames sent", str(self.sent))
-            table.add_row("results", str(results))
-            table.add_row("  defective", str(self.defective))
-            for name, n in sorted(self.classes.items()):
-                table.add_row(f"    {name}", str(n))
+            table.add_row("frames sent", "", str(self.sent))
+            table.add_row("results", str(results), "")
+            table.add_row("  defective strips", str(self.defective), str(self.truly_defective))
+            for name in CLASS_NAMES:
+                table.add_row(f"    {name}", str(self.classes[name]), str(self.truth[name]))
             for kind in ("reject", "drop", "gap", "camera_restart"):
-                table.add_row(f"{kind}s", str(self.kinds[kind]))
+                table.add_row(f"{kind}s", str(self.kinds[kind]), "")
             if lat:
-                table.add_row("latency p50", f"{statistics.median(lat):.1f} ms")
-                table.add_row("latency p95", f"{lat[int(0.95 * (len(lat) - 1))]:.1f} ms")
-                table.add_row("throughput", f"{results / max(elapsed, 1e-9):.1f} strips/s")
+                table.add_row("latency p50", f"{statistics.median(lat):.1f} ms", "")
+                table.add_row("latency p95", f"{lat[int(0.95 * (len(lat) - 1))]:.1f} ms", "")
+                table.add_row("throughput", f"{results / max(elapsed, 1e-9):.1f} strips/s", "")
             return table
 
 
@@ -135,27 +141,36 @@ def run_demo(
     if not server.started.wait(60):
         console.print("[red]the daemon did not start[/]")
         return 1
+    # The listener outlives the cameras: it must see the events of the daemon's final drain.
+    stop_listening = threading.Event()
     listener = threading.Thread(
-        target=listen, args=(server.publish_endpoint, tally.add), kwargs={"stop": stop}, daemon=True
+        target=listen,
+        args=(server.publish_endpoint, tally.add),
+        kwargs={"stop": stop_listening},
+        daemon=True,
     )
     listener.start()
     start = time.monotonic()
-    try:
-        with Live(tally.table(0), console=console, refresh_per_second=4) as live:
+    with Live(tally.table(0), console=console, refresh_per_second=4) as live:
+        try:
             while duration <= 0 or time.monotonic() - start < duration:
                 time.sleep(0.25)
                 live.update(tally.table(time.monotonic() - start))
                 if server.failure is not None:
                     break
-    except KeyboardInterrupt:
-        pass
-    stop.set()
-    for thread in threads:
-        thread.join(5)
-    server.should_exit.set()
-    server_thread.join(30)
-    time.sleep(0.3)  # the last events and final status reach the listener
-    console.print(tally.table(time.monotonic() - start))
+        except KeyboardInterrupt:
+            pass
+        elapsed = time.monotonic() - start
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        server.should_exit.set()
+        server_thread.join(30)
+        time.sleep(0.5)  # the last events reach the listener
+        stop_listening.set()
+        listener.join(5)
+        live.update(tally.table(elapsed))
+    console.print()
     counts = server.ledger.snapshot()
     received = sum(c["received"] for c in counts.values())
     accounted = sum(c["results"] + c["rejects"] + c["drops"] for c in counts.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -183,3 +184,18 @@ def test_camera_daemon_and_listener_as_separate_processes(tiny_repo: Path, sever
             if proc.poll() is None:
                 proc.terminate()
         assert daemon.wait(30) == 0
+
+
+def test_demo_runs_and_accounts_for_every_frame() -> None:
+    demo = subprocess.run(
+        [sys.executable, "-m", "edge.main", "demo", "--duration", "3", "--fps", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+    summary = " ".join(demo.stdout.split())  # Rich wraps lines at the terminal width
+    received, accounted = map(
+        int, re.search(r"(\d+) frames received, (\d+) accounted", summary).groups()
+    )
+    assert received > 0 and received == accounted
