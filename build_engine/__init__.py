@@ -1,0 +1,1 @@
+"""ONNX -> TensorRT engine build step (GPU machines; in progress)."""
