@@ -52,6 +52,22 @@ class StripResult:
     probs: np.ndarray | None  # per segmenter class, K x H x W; None when nothing passed the gate
     windows_classified: int
     windows_segmented: int
+    # Where probs can be non-zero: full-height columns the segmented windows span (None: all).
+    region: Tile | None = None
+
+
+@dataclass(slots=True)
+class Inferred:
+    """A batch after the models, before stitching (see ``Cascade.infer``)."""
+
+    shapes: list[tuple[int, int]]  # per strip: height, width
+    scores: list[np.ndarray]  # per strip, as StripResult.scores
+    classified: list[int]  # per strip: classifier windows
+    segmented: list[int]  # per strip: segmenter windows
+    # Segmenter probabilities in the order they were computed: (strip, window, C x h x w); the
+    # window is None for a map of the whole strip (resize feed).
+    tiles: list[tuple[int, Tile | None, np.ndarray]]
+    regions: dict[int, Tile]  # per segmented strip: the band its windows span (tile feed)
 
 
 class Cascade:
@@ -137,6 +153,15 @@ class Cascade:
         return work
 
     def run(self, images: Sequence[np.ndarray]) -> list[StripResult]:
+        return self.finish(self.infer(images))
+
+    def infer(self, images: Sequence[np.ndarray]) -> Inferred:
+        """Both models on a batch: classify, gate, segment. Stitching is left to ``finish``.
+
+        Every model call and every check of a model's output happens here, so a broken model
+        or frame fails here; ``finish`` is plain arithmetic on outputs already checked. The
+        daemon runs the two on different threads so the models never wait for the stitching.
+        """
         work, scores = self.classify(images)
         passing = (scores >= self.gate).any(axis=1)
         suspicious: list[list[Tile]] = [[] for _ in images]
@@ -147,31 +172,67 @@ class Cascade:
                 suspicious[i].append(window)
 
         seg_work = self.segment_work(images, suspicious)
-        stitchers: dict[int, Stitcher] = {}
-        classes = self.segmenter.spec.num_classes
         tile_h, tile_w = self.segmenter.inputs.model_hw
         resize_feed = self.segmenter.inputs.feed.mode == "resize"
+        tiles: list[tuple[int, Tile | None, np.ndarray]] = []
         for start, raw in self.segmenter.run_chunks(images, seg_work):
             chunk = seg_work[start : start + raw.shape[0]]
-            maps = None if resize_feed else self.segmenter.outputs.maps(raw, tile_h, tile_w)
-            for j, (i, window) in enumerate(chunk):
-                h, w = images[i].shape[:2]
-                stitcher = stitchers.get(i)
-                if stitcher is None:
-                    stitcher = stitchers[i] = Stitcher(classes, h, w)
-                if maps is None:
-                    stitcher.set_whole(self.segmenter.outputs.maps(raw[j : j + 1], h, w)[0])
-                else:
-                    stitcher.add(window, maps[j])
+            if resize_feed:
+                for j, (i, _) in enumerate(chunk):
+                    h, w = images[i].shape[:2]
+                    tiles.append((i, None, self.segmenter.outputs.maps(raw[j : j + 1], h, w)[0]))
+            else:
+                maps = self.segmenter.outputs.maps(raw, tile_h, tile_w)
+                tiles.extend((i, window, maps[j]) for j, (i, window) in enumerate(chunk))
 
-        segmented = np.bincount([i for i, _ in seg_work], minlength=len(images))
-        classified = np.bincount([i for i, _ in work], minlength=len(images))
+        return Inferred(
+            shapes=[image.shape[:2] for image in images],
+            scores=strip_scores,
+            classified=np.bincount([i for i, _ in work], minlength=len(images)).tolist(),
+            segmented=np.bincount([i for i, _ in seg_work], minlength=len(images)).tolist(),
+            tiles=tiles,
+            regions={} if resize_feed else _column_spans(seg_work, images),
+        )
+
+    def finish(self, inferred: Inferred) -> list[StripResult]:
+        """Stitch the segmenter's maps of a batch ``infer`` ran into one result per strip."""
+        stitchers: dict[int, Stitcher] = {}
+        classes = self.segmenter.spec.num_classes
+        for i, window, probs in inferred.tiles:
+            stitcher = stitchers.get(i)
+            if stitcher is None:
+                h, w = inferred.shapes[i]
+                stitcher = stitchers[i] = Stitcher(classes, h, w, inferred.regions.get(i))
+            if window is None:
+                stitcher.set_whole(probs)
+            else:
+                stitcher.add(window, probs)
         return [
             StripResult(
-                scores=strip_scores[i],
+                scores=inferred.scores[i],
                 probs=stitchers[i].result() if i in stitchers else None,
-                windows_classified=int(classified[i]),
-                windows_segmented=int(segmented[i]),
+                windows_classified=inferred.classified[i],
+                windows_segmented=inferred.segmented[i],
+                region=stitchers[i].window if i in stitchers else None,
             )
-            for i in range(len(images))
+            for i in range(len(inferred.shapes))
         ]
+
+
+def _column_spans(
+    work: Sequence[tuple[int, Tile]], images: Sequence[np.ndarray]
+) -> dict[int, Tile]:
+    """Per strip, the full-height band of columns its segmenter windows span.
+
+    Full height and an even first column keep post-processing on the band identical to the
+    whole strip: OpenCV labels components in 2x2 blocks and stripes of rows, which such a band
+    shares with the strip, so labels (and the order of equal-area components) do not change.
+    """
+    spans: dict[int, tuple[int, int]] = {}
+    for i, window in work:
+        lo, hi = spans.get(i, (window.x, window.x + window.w))
+        spans[i] = (min(lo, window.x), max(hi, window.x + window.w))
+    return {
+        i: Tile(0, lo - lo % 2, images[i].shape[0], hi - (lo - lo % 2))
+        for i, (lo, hi) in spans.items()
+    }

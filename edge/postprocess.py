@@ -9,6 +9,7 @@ import numpy as np
 
 from edge import rle
 from edge.modelspec import ModelSpec
+from edge.tiling import Tile
 
 
 def class_mask(
@@ -34,22 +35,38 @@ def class_mask(
     return mask, components
 
 
-def defects_from_probs(probs: np.ndarray, spec: ModelSpec) -> list[dict[str, Any]]:
-    """One defect entry per class present after thresholds (see docs/protocol.md)."""
+def defects_from_probs(
+    probs: np.ndarray, spec: ModelSpec, region: Tile | None = None
+) -> list[dict[str, Any]]:
+    """One defect entry per class present after thresholds (see docs/protocol.md).
+
+    ``region`` (from the cascade) is a full-height band of columns outside which ``probs`` is
+    0; only the band is examined then, with the same result as the whole strip.
+    """
     defects = []
     thresholds = spec.per_class("mask")
     min_areas = spec.per_class("min_area")
+    height, width = probs.shape[1:]
+    x0, x1 = 0, width
+    # A threshold <= 0 marks the zeros outside the band too: look at everything then.
+    if region is not None and region.h == height and min(thresholds) > 0:
+        x0, x1 = region.x, region.x + region.w
     for k, name in enumerate(spec.classes):
-        mask, components = class_mask(probs[k], thresholds[k], int(min_areas[k]))
+        band = probs[k, :, x0:x1]
+        mask, components = class_mask(band, thresholds[k], int(min_areas[k]))
         if not components:
             continue
+        if x0:
+            for component in components:
+                component["bbox"][0] += x0
         defects.append(
             {
                 "class_id": k + 1,
                 "name": name,
-                "score": round(float(probs[k][mask].mean()), 4),
+                "score": round(float(band[mask].mean()), 4),
                 "area_px": int(sum(c["area_px"] for c in components)),
-                "mask_rle": rle.encode(mask),
+                # Column-major pixel numbers: the band starts x0 full columns into the strip.
+                "mask_rle": rle.encode(mask, start=x0 * height),
                 "components": components,
             }
         )

@@ -9,8 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def encode(mask: np.ndarray) -> str:
-    """RLE of a 2-D boolean (or 0/1) mask."""
+def encode(mask: np.ndarray, start: int = 0) -> str:
+    """RLE of a 2-D boolean (or 0/1) mask.
+
+    ``start`` shifts every run: for a mask made of whole columns of a wider frame, the frame's
+    pixels (column-major) before the mask's first pixel.
+    """
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     flat = np.asarray(mask, dtype=bool).ravel(order="F").view(np.uint8)
@@ -18,7 +22,7 @@ def encode(mask: np.ndarray) -> str:
     edges = np.flatnonzero(np.diff(flat, prepend=np.uint8(0), append=np.uint8(0)))
     if edges.size == 0:
         return ""
-    starts = edges[0::2] + 1
+    starts = edges[0::2] + 1 + start
     lengths = edges[1::2] - edges[0::2]
     pairs = np.empty(starts.size * 2, dtype=np.int64)
     pairs[0::2], pairs[1::2] = starts, lengths

@@ -2,8 +2,10 @@
 
     receiver thread   SUB socket -> validate/decode -> WorkQueue (bounded; rejects and drops
                       become events right here)
-    inference thread  WorkQueue -> batches across cameras -> Cascade -> result events
-    publisher thread  events -> PUB socket, plus a periodic status message
+    inference thread  WorkQueue -> batches across cameras -> Cascade.infer (the models)
+    publisher thread  Cascade.finish (stitching) and post-processing of each inferred batch
+                      into result events, while the models run the next one; events -> PUB
+                      socket; a periodic status message
 
 A signal sets ``should_exit``; shutdown stops receiving, lets the inference thread finish what is
 queued (bounded by ``drain_timeout_s``; frames it cannot finish get a ``drop`` event with reason
@@ -16,13 +18,16 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import zmq
 
 from edge import protocol
-from edge.cascade import Cascade
+from edge.cascade import Cascade, Inferred, StripResult
 from edge.config import Config
 from edge.frames import Frame
 from edge.ledger import Ledger
@@ -35,6 +40,43 @@ from edge.workqueue import Closed, WorkQueue
 log = structlog.get_logger(__name__)
 _STOP = object()
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Batches inferred but not yet post-processed and published (see Server._infer).
+_PENDING_BATCHES = 2
+
+
+@dataclass(slots=True)
+class _Batch:
+    frames: list[Frame]
+    inferred: Inferred
+
+
+def result_events(
+    cascade: Cascade, frames: Sequence[Frame], results: Sequence[StripResult]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(camera, result event) for each frame of a batch the cascade ran, in order.
+
+    The daemon's own post-processing; ``edge bench`` runs it too, so what it measures is this.
+    """
+    seg_spec = cascade.segmenter.spec
+    model = cascade.model_ids
+    events = []
+    for frame, result in zip(frames, results, strict=True):
+        defects = (
+            []
+            if result.probs is None
+            else defects_from_probs(result.probs, seg_spec, result.region)
+        )
+        latency_ms = (time.monotonic_ns() - frame.received_ns) / 1e6
+        event = protocol.result_event(
+            frame.header,
+            defective=bool(defects),
+            scores=[round(float(s), 4) for s in result.scores],
+            defects=defects,
+            latency_ms=round(latency_ms, 3),
+            model=model,
+        )
+        events.append((frame.header.camera, event))
+    return events
 
 
 class Server:
@@ -55,6 +97,8 @@ class Server:
         self._threads: list[threading.Thread] = []
         self._started_at = time.monotonic()
         self.batches = 0
+        self.batch_sizes: Counter[int] = Counter()  # strips per batch, for the shutdown log
+        self._pending = threading.BoundedSemaphore(_PENDING_BATCHES)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,7 +181,12 @@ class Server:
         self._close_context()
         if self.cascade is not None:
             self.cascade.close()
-        log.info("daemon stopped", counts=self.ledger.snapshot())
+        log.info(
+            "daemon stopped",
+            counts=self.ledger.snapshot(),
+            batches=self.batches,
+            batch_sizes={str(k): v for k, v in sorted(self.batch_sizes.items())},
+        )
 
     def _close_context(self) -> None:
         if self._context is not None:
@@ -214,7 +263,7 @@ class Server:
     def _infer(self, frames: list[Frame]) -> None:
         assert self.cascade is not None
         try:
-            results = self.cascade.run([f.pixels for f in frames])
+            inferred = self.cascade.infer([f.pixels for f in frames])
         except Exception:
             if len(frames) > 1:
                 # Find the frame that breaks the batch so the others still get results.
@@ -231,21 +280,39 @@ class Server:
             )
             return
         self.batches += 1
-        seg_spec = self.cascade.segmenter.spec
-        model = self.cascade.model_ids
-        for frame, result in zip(frames, results, strict=True):
-            defects = [] if result.probs is None else defects_from_probs(result.probs, seg_spec)
-            latency_ms = (time.monotonic_ns() - frame.received_ns) / 1e6
-            event = protocol.result_event(
-                frame.header,
-                defective=bool(defects),
-                scores=[round(float(s), 4) for s in result.scores],
-                defects=defects,
-                latency_ms=round(latency_ms, 3),
-                model=model,
-            )
-            self.ledger.count(frame.header.camera, "results")
-            self._emit(frame.header.camera, event)
+        self.batch_sizes[len(frames)] += 1
+        # Stitching and post-processing (thresholds, components, RLE) run on the publisher
+        # thread, so the models start on the next batch meanwhile. A few batches at most wait
+        # for it: memory stays bounded, and a publisher that falls behind slows inference,
+        # which sheds load.
+        while not self._pending.acquire(timeout=0.1):
+            if self.failure is not None:
+                return  # the publisher died: nothing can be published any more
+        self._outbox.put(_Batch(frames, inferred))
+
+    def _publish_results(self, batch: _Batch, publisher: EventPublisher) -> None:
+        assert self.cascade is not None
+        try:
+            try:
+                results = self.cascade.finish(batch.inferred)
+                events = result_events(self.cascade, batch.frames, results)
+            except Exception:
+                # Every frame still gets its one event, and the publisher serves on.
+                log.exception("post-processing failed", frames=len(batch.frames))
+                for frame in batch.frames:
+                    header = frame.header
+                    reason = f"post-processing failed on a {list(header.shape)} frame"
+                    self.ledger.count(header.camera, "rejects")
+                    publisher.send(
+                        protocol.event_topic(header.camera),
+                        protocol.reject_event(header.camera, header.seq, reason, header.ts_ns),
+                    )
+                return
+            for camera, event in events:
+                self.ledger.count(camera, "results")
+                publisher.send(protocol.event_topic(camera), event)
+        finally:
+            self._pending.release()
 
     # -- events ----------------------------------------------------------------------------
 
@@ -289,7 +356,10 @@ class Server:
                     continue
                 if item is _STOP:
                     break
-                publisher.send(*item)
+                if isinstance(item, _Batch):
+                    self._publish_results(item, publisher)
+                else:
+                    publisher.send(*item)
             publisher.send(topic, self.status())
         finally:
             # Bounded: subscribers get what is queued if they keep up, but never hold up exit.

@@ -86,23 +86,43 @@ def cut_tile(image: np.ndarray, tile: Tile, tile_h: int, tile_w: int) -> np.ndar
 class Stitcher:
     """Averages per-tile probability maps (C x h x w) into one C x H x W map for a strip.
 
-    Pixels no segmented tile covered stay 0: the classifier judged them clean.
+    Pixels no segmented tile covered stay 0: the classifier judged them clean. Sums are kept
+    only over ``window`` (default: the whole strip), the part the tiles to come will cover, so
+    a strip with one flagged tile costs one tile's worth of arithmetic, not the strip's.
     """
 
-    def __init__(self, channels: int, height: int, width: int) -> None:
-        self.total = np.zeros((channels, height, width), np.float32)
-        self.count = np.zeros((height, width), np.float32)
+    def __init__(self, channels: int, height: int, width: int, window: Tile | None = None) -> None:
+        self.shape = (channels, height, width)
+        self.window = Tile(0, 0, height, width) if window is None else window
+        self.total = np.zeros((channels, self.window.h, self.window.w), np.float32)
+        self.count = np.zeros((self.window.h, self.window.w), np.float32)
+
+    @property
+    def whole(self) -> bool:
+        return self.window == Tile(0, 0, *self.shape[1:])
 
     def add(self, tile: Tile, probs: np.ndarray) -> None:
-        """``probs`` is C x tile_h x tile_w at the model's tile size; padding is cut off."""
-        self.total[:, tile.y : tile.y + tile.h, tile.x : tile.x + tile.w] += probs[
-            :, : tile.h, : tile.w
-        ]
-        self.count[tile.y : tile.y + tile.h, tile.x : tile.x + tile.w] += 1.0
+        """``probs`` is C x tile_h x tile_w at the model's tile size; padding is cut off.
+
+        The tile must lie inside the window.
+        """
+        y, x = tile.y - self.window.y, tile.x - self.window.x
+        self.total[:, y : y + tile.h, x : x + tile.w] += probs[:, : tile.h, : tile.w]
+        self.count[y : y + tile.h, x : x + tile.w] += 1.0
 
     def set_whole(self, probs: np.ndarray) -> None:
+        if not self.whole:
+            raise ValueError("set_whole needs a stitcher whose window is the whole strip")
         self.total[:] = probs
         self.count[:] = 1.0
 
     def result(self) -> np.ndarray:
-        return self.total / np.maximum(self.count, 1.0)
+        if self.whole:
+            return self.total / np.maximum(self.count, 1.0)
+        # Outside the window nothing was added: 0, as total / max(count, 1) would give there.
+        out = np.zeros(self.shape, np.float32)
+        w = self.window
+        np.divide(
+            self.total, np.maximum(self.count, 1.0), out=out[:, w.y : w.y + w.h, w.x : w.x + w.w]
+        )
+        return out

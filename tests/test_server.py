@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import cv2
 import msgpack
@@ -204,3 +205,27 @@ def test_shutdown_finishes_every_received_frame(start_daemon, camera_socket) -> 
     assert sorted(e["seq"] for e in events) == list(range(20))
     final = daemon.subscriber.statuses[-1]["cameras"]["cam1"]
     assert final["received"] == final["results"] + final["drops"] == 20
+
+
+def test_a_failing_post_processing_rejects_its_frames_and_the_daemon_serves_on(
+    start_daemon, camera_socket, monkeypatch
+) -> None:
+    daemon = start_daemon()
+    cascade = daemon.server.cascade
+    real_finish = cascade.finish
+    calls = {"n": 0}
+
+    def finish_failing_once(inferred: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated post-processing fault")
+        return real_finish(inferred)
+
+    monkeypatch.setattr(cascade, "finish", finish_failing_once)
+    cam = camera_socket(daemon.source)
+    cam.send_multipart(frame_parts("cam1", 0, gray_strip()))
+    daemon.subscriber.wait_for(lambda ev: per_frame(ev))
+    cam.send_multipart(frame_parts("cam1", 1, gray_strip()))
+    first, second = per_frame(daemon.subscriber.wait_for(lambda ev: len(per_frame(ev)) >= 2))
+    assert first["kind"] == "reject" and "post-processing failed" in first["reason"]
+    assert second["kind"] == "result" and second["seq"] == 1

@@ -22,6 +22,11 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # ORT's own warnings go to stderr unstructured
+    # Idle intra-op threads would otherwise spin for the next parallel section, burning the
+    # cores the receiver, publisher and post-processing need between model calls (and, on a
+    # shared box, taking turns with other work). Measured on 2 cores: with spinning a busy
+    # machine made throughput erratic (55-410 tiles/s); without it, steady (docs/performance.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
