@@ -41,14 +41,6 @@ class Tile:
         """
         return 2 * self.overlap(other) >= min(self.area, other.area)
 
-    def intersects(self, other: Tile) -> bool:
-        return (
-            self.x < other.x + other.w
-            and other.x < self.x + self.w
-            and self.y < other.y + other.h
-            and other.y < self.y + self.h
-        )
-
 
 def tile_starts(length: int, tile: int, count: int = 0) -> list[int]:
     """Start offsets of ``count`` tiles (0: the fewest) spread evenly to cover ``length``."""

@@ -188,7 +188,7 @@ def test_stitcher_set_whole() -> None:
     np.testing.assert_array_equal(stitcher.result(), probs)
 
 
-# -- Tile.intersects -----------------------------------------------------------------------------
+# -- Tile.overlap ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -205,16 +205,18 @@ def test_stitcher_set_whole() -> None:
         (Tile(0, 0, 10, 10), Tile(0, 20, 5, 5), False),  # same rows, columns apart
     ],
 )
-def test_intersects(a: Tile, b: Tile, expected: bool) -> None:
-    assert a.intersects(b) is expected
-    assert b.intersects(a) is expected
+def test_overlap_is_positive_exactly_when_windows_share_pixels(
+    a: Tile, b: Tile, expected: bool
+) -> None:
+    assert (a.overlap(b) > 0) is expected
+    assert (b.overlap(a) > 0) is expected
 
 
 def test_neighbouring_nominal_tiles_overlap() -> None:
     tiles = tile_grid(256, 1600, 256, 256)
     for left, right in itertools.pairwise(tiles):
-        assert left.intersects(right)
-    assert not tiles[0].intersects(tiles[2])
+        assert left.overlap(right) == 256 * 32
+    assert tiles[0].overlap(tiles[2]) == 0
 
 
 def test_overlap_and_covers_much_of() -> None:
