@@ -1,11 +1,12 @@
-"""The shipped reference models: fixed filters written as ONNX graphs, not trained.
+"""Fixed-filter reference models written as ONNX graphs, not trained.
 
-They exist so the whole data path (tiling, gating, segmentation, events) runs and ``edge demo``
-shows sensible detections on ``edge.synthetic`` strips before trained models exist. Every
-filter is a pooling or convolution with fixed weights; the per-class responses become logits
-through a fixed affine map, tuned on synthetic strips (numbers in models/README.md).
+They were the first shipped models; the trained ones (``edge train``) replaced them in
+``models/``. They remain a model pair that needs only ``onnx`` to build, with known behaviour
+on ``edge.synthetic`` strips: a torch-free fallback and a fixture. Every filter is a pooling or
+convolution with fixed weights; the per-class responses become logits through a fixed affine
+map, tuned on synthetic strips (numbers in docs/handcrafted-models.md).
 
-    python -m edge.handcrafted models/
+    python -m edge.handcrafted DIR
 
 writes ``classifier/`` and ``segmenter/`` (config.toml + 1/model.onnx) into a model repository,
 byte-identical on every run.

@@ -1,4 +1,8 @@
-"""edge.handcrafted: the shipped fixed-filter models, checked on seeded synthetic strips."""
+"""edge.handcrafted: the fixed-filter models (no training, no torch), on seeded synthetic strips.
+
+They were the first reference models; trained ones replaced them in models/. They stay as a
+model pair that needs nothing but onnx to build, with known behaviour on synthetic strips.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ from edge.modelspec import ModelFiles, load_repository, resolve_model_dir, spec_
 from edge.synthetic import generate_strip
 from edge.tiling import tile_grid
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 FILES = [
     "classifier/config.toml",
     "classifier/1/model.onnx",
@@ -36,8 +39,15 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def repo() -> dict[str, ModelFiles]:
-    return dict(load_repository(MODELS))
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("handcrafted")
+    write_repository(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(models: Path) -> dict[str, ModelFiles]:
+    return dict(load_repository(models))
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +78,22 @@ def outputs(
     return np.concatenate(scores), np.concatenate(masks)
 
 
-def test_rebuilding_gives_byte_identical_committed_files(tmp_path: Path) -> None:
+def test_rebuilding_gives_byte_identical_files(tmp_path: Path, models: Path) -> None:
     write_repository(tmp_path)
     for name in FILES:
-        assert (tmp_path / name).read_bytes() == (MODELS / name).read_bytes(), (
-            f"models/{name} is stale: run `python -m edge.handcrafted models/`"
-        )
+        assert (tmp_path / name).read_bytes() == (models / name).read_bytes(), name
 
 
-def test_models_are_small() -> None:
+def test_models_are_small(models: Path) -> None:
     for name in FILES:
-        assert (MODELS / name).stat().st_size < 300_000
+        assert (models / name).stat().st_size < 300_000
 
 
-def test_configs_parse_and_match_the_onnx_metadata(repo: dict[str, ModelFiles]) -> None:
+def test_configs_parse_and_match_the_onnx_metadata(
+    models: Path, repo: dict[str, ModelFiles]
+) -> None:
     for role, output, shape in (("classifier", "logits", 2), ("segmenter", "mask_logits", 4)):
-        files = resolve_model_dir(MODELS / role)
+        files = resolve_model_dir(models / role)
         spec = files.spec
         assert spec.role == role and spec.classes == CLASSES and files.version == 1
         assert spec.input.name == "image" and spec.input.normalization == "unit"
