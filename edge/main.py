@@ -417,3 +417,14 @@ def version() -> None:
 
 if __name__ == "__main__":
     app()
+
+
+def _register_model_tools() -> None:
+    from edge.training.cli import eval_command, train_app, tune_command
+
+    app.add_typer(train_app, name="train")
+    app.command("eval")(eval_command)
+    app.command("tune")(tune_command)
+
+
+_register_model_tools()
