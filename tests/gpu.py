@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -19,7 +21,7 @@ def _reason() -> str:
     return "needs tensorrt, pycuda and an NVIDIA GPU: " + ("; ".join(facts.problems) or "?")
 
 
-requires_gpu = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not gpu_facts().gpu_ready, reason=_reason()),
-]
+def requires_gpu(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a test `gpu` and skip it, saying what is missing, unless it can run."""
+    skip = pytest.mark.skipif(not gpu_facts().gpu_ready, reason=_reason())
+    return pytest.mark.gpu(skip(test))

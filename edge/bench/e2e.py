@@ -267,10 +267,10 @@ class E2ESettings:
     queue_size: int
     cameras: int
     step_s: float  # seconds of each ramp step
-    engines: Path | None = None  # TensorRT engine folder (--backend tensorrt/auto)
     latency_s: float  # seconds at 80 % of saturation
     memory_s: float  # seconds at 2x saturation
     estimate: float  # expected saturation, strips/s, to place the ramp
+    engines: Path | None = None  # TensorRT engine folder (--backend tensorrt/auto)
 
 
 def run_e2e(
