@@ -9,6 +9,7 @@ converted on the CPU first (build_engine.fp16). References are listed in docs/en
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +133,11 @@ def make_logger(trt: ModuleType) -> Any:
             self.errors: list[str] = []
 
         def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+            severities = trt.ILogger.Severity
+            if severity in (severities.ERROR, severities.INTERNAL_ERROR):
                 self.errors.append(msg)
+            if severity in (severities.ERROR, severities.INTERNAL_ERROR, severities.WARNING):
+                print(f"[TensorRT] {msg}", file=sys.stderr)
 
     return Collecting()
 

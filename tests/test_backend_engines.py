@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -198,3 +199,12 @@ def test_scan_lists_engine_folders_and_their_problems(tmp_path: Path, tiny_repo:
     entries = {e.name: e for e in scan(tmp_path)}
     assert entries["classifier"].engine is not None and entries["classifier"].problem is None
     assert entries["segmenter"].engine is None and "model.plan.json" in entries["segmenter"].problem
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here"
+)
+def test_detect_facts_on_this_machine_says_what_is_missing() -> None:
+    facts = cache.detect_facts()
+    assert facts.tensorrt_version is None and not facts.gpu_ready
+    assert "the tensorrt package is not installed" in facts.problems

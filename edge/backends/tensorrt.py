@@ -38,6 +38,18 @@ def import_gpu() -> tuple[Any, Any]:
     return trt, cuda
 
 
+_LOGGER: Any = None
+
+
+def _shared_logger(trt: Any) -> Any:
+    """One logger for every runtime in the process: it must outlive all the objects created
+    through it, and older TensorRT treated it as a process-wide singleton."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
 class TensorRTBackend:
     name = "tensorrt"
 
@@ -57,7 +69,7 @@ class TensorRTBackend:
         cuda.init()
         self._device = cuda.Device(0)
         self._ctx = self._device.retain_primary_context()
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = _shared_logger(trt)
         try:
             with self._current():
                 self._load(trt, engine.plan, sample_shape, max_batch)
