@@ -1,1 +1,1 @@
-"""ONNX -> TensorRT engine build step (GPU machines; in progress)."""
+"""ONNX -> FP16 TensorRT engine build step: ``python -m build_engine`` or ``edge build``."""

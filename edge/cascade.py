@@ -84,12 +84,22 @@ class Cascade:
         *,
         max_batch: int = 32,
         threads: int = 0,
+        engines: Path | None = None,
+        rebuild_stale: bool = False,
     ) -> Cascade:
         """Load both models of a repository and prove they run (errors name the model)."""
         stages = {}
         for role, files in load_repository(models).items():
             sample_shape = InputAdapter(files.spec).sample_shape()
-            runner = auto.create(backend, files, sample_shape, max_batch=max_batch, threads=threads)
+            runner = auto.create(
+                backend,
+                files,
+                sample_shape,
+                max_batch=max_batch,
+                threads=threads,
+                engines=engines,
+                rebuild_stale=rebuild_stale,
+            )
             stages[role] = Stage(files, runner)
         cascade = cls(stages["classifier"], stages["segmenter"])
         cascade.self_test()

@@ -48,6 +48,10 @@ class Config(BaseModel):
     # -- models and inference --
     models: Path = Field(default_factory=shipped_models)
     backend: BackendName = "onnxruntime"
+    engines: Path | None = Field(None, description="TensorRT engine folder (edge build --out)")
+    rebuild_stale: bool = Field(
+        False, description="rebuild a missing or stale TensorRT engine instead of refusing"
+    )
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
     max_batch: int = Field(32, gt=0, le=1024, description="tiles per model batch")
     max_wait_ms: float = Field(
@@ -102,9 +106,10 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         base = path.parent
-        if "models" in data and isinstance(data["models"], str):
-            # Relative model paths in a config file mean relative to that file.
-            data["models"] = str(base / os.path.expanduser(data["models"]))
+        for key in ("models", "engines"):
+            if key in data and isinstance(data[key], str):
+                # Relative paths in a config file mean relative to that file.
+                data[key] = str(base / os.path.expanduser(data[key]))
     data.update({k: v for k, v in overrides.items() if v is not None and v != []})
     try:
         return Config.model_validate(data)

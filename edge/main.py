@@ -54,7 +54,17 @@ def run(
         typer.Option("--config", "-c", help="TOML configuration file; flags override it."),
     ] = None,
     backend: Annotated[
-        str | None, typer.Option(help="onnxruntime | auto (default: onnxruntime)")
+        str | None, typer.Option(help="onnxruntime | tensorrt | auto (default: onnxruntime)")
+    ] = None,
+    engines: Annotated[
+        Path | None, typer.Option(help="TensorRT engine folder, from `edge build`.")
+    ] = None,
+    rebuild_stale: Annotated[
+        bool | None,
+        typer.Option(
+            "--rebuild-stale/--no-rebuild-stale",
+            help="Rebuild a missing or stale engine instead of refusing. (default: refuse)",
+        ),
     ] = None,
     max_batch: Annotated[
         int | None, typer.Option(help="Tiles per model batch. (default: 32)")
@@ -100,6 +110,8 @@ def run(
             publish=publish,
             models=models,
             backend=backend,
+            engines=engines,
+            rebuild_stale=rebuild_stale,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
             queue_size=queue_size,
@@ -301,12 +313,12 @@ def listen(
 
 @app.command()
 def bench(
-    backend: Annotated[str, typer.Option(help="onnxruntime | auto")] = "onnxruntime",
+    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | auto")] = "onnxruntime",
     models: Annotated[
         Path | None, typer.Option(help="Model repository. (default: the shipped reference models)")
     ] = None,
     engines: Annotated[
-        Path | None, typer.Option(help="TensorRT engine folder (needs the tensorrt backend).")
+        Path | None, typer.Option(help="TensorRT engine folder, from `edge build`.")
     ] = None,
     batch: Annotated[
         str, typer.Option(help="Batch sizes for the backend mode, comma-separated.")
@@ -357,13 +369,8 @@ def bench(
     from edge.config import shipped_models
     from edge.modelspec import ModelConfigError
 
-    if engines is not None:
-        raise fail(
-            "--engines needs the TensorRT backend, which is not part of this release yet; "
-            "benchmark the ONNX models with --models"
-        )
-    if backend not in ("onnxruntime", "auto"):
-        raise fail(f"--backend must be onnxruntime or auto, got {backend!r}")
+    if backend not in ("onnxruntime", "tensorrt", "auto"):
+        raise fail(f"--backend must be onnxruntime, tensorrt or auto, got {backend!r}")
     try:
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
@@ -384,6 +391,7 @@ def bench(
         models=repository,
         modes=[m for m in MODES if m in modes],
         backend=backend,
+        engines=engines,
         batches=batches,
         defect_rate=defect_rate,
         duration_s=duration,
@@ -407,6 +415,58 @@ def bench(
         write_json(report, json_out)
         typer.echo(f"wrote {json_out}", err=True)
     typer.echo(json.dumps({"ratios": report["ratios"]}))
+
+
+@app.command()
+def build(
+    models: Annotated[
+        list[Path],
+        typer.Argument(help="Model repository, model folders, or their model.onnx files."),
+    ],
+    out: Annotated[Path, typer.Option(help="Engine folder to write.")] = Path("engines"),
+    fp16: Annotated[bool, typer.Option("--fp16/--fp32", help="Engine precision.")] = True,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engine runs.")] = 32,
+    opt_batch: Annotated[
+        int | None, typer.Option(min=1, help="Batch TensorRT tunes for. (default: max)")
+    ] = None,
+    workspace_mib: Annotated[int, typer.Option(min=16, help="Builder workspace (MiB).")] = 4096,
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="Timing cache to reuse. (default: <out>/timing.cache)")
+    ] = None,
+) -> None:
+    """Build FP16 TensorRT engines from ONNX models (same as `python -m build_engine`).
+
+    Example: edge build models/ --out engines/ --max-batch 32
+    """
+    from build_engine.build import BuildOptions
+    from build_engine.cli import run_build
+
+    options = BuildOptions(
+        fp16=fp16,
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        workspace_mib=workspace_mib,
+        timing_cache=timing_cache,
+    )
+    raise typer.Exit(run_build(models, out, options))
+
+
+@app.command()
+def doctor(
+    models: Annotated[
+        Path | None, typer.Option(help="Model repository. (default: the shipped reference models)")
+    ] = None,
+    engines: Annotated[
+        Path | None, typer.Option(help="TensorRT engine folder to check against the models.")
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, max=64, help="Tiles in the test batch.")] = 4,
+) -> None:
+    """Check this machine: backends, GPU, versions, and each model/engine against ONNX Runtime."""
+    from edge.config import shipped_models
+    from edge.doctor import run_doctor
+
+    configure("console" if sys.stderr.isatty() else "json", "warning")
+    raise typer.Exit(run_doctor(models or shipped_models(), engines, batch=batch, echo=typer.echo))
 
 
 @app.command()

@@ -126,7 +126,12 @@ class Server:
         cfg = self.config
         if self.cascade is None:
             self.cascade = Cascade.load(
-                cfg.models, cfg.backend, max_batch=cfg.max_batch, threads=cfg.threads
+                cfg.models,
+                cfg.backend,
+                max_batch=cfg.max_batch,
+                threads=cfg.threads,
+                engines=cfg.engines,
+                rebuild_stale=cfg.rebuild_stale,
             )
         self._context = zmq.Context()
         publisher = EventPublisher(self._context, cfg.publish)

@@ -35,7 +35,7 @@ def test_help_names_the_options() -> None:
     [
         (["--mode", "fastest"], "--mode must be one of"),
         (["--batch", "1,x"], "--batch must be comma-separated integers"),
-        (["--engines", "engines"], "not part of this release"),
+        (["--backend", "cuda"], "--backend must be onnxruntime, tensorrt or auto"),
     ],
 )
 def test_bad_options_are_named(args: list[str], message: str) -> None:

@@ -40,7 +40,7 @@ class OnnxRuntimeBackend:
         *,
         max_batch: int = 32,
         threads: int = 0,
-        providers: list[str] | None = None,
+        providers: list[str | tuple[str, dict[str, str]]] | None = None,
     ) -> None:
         self.files = files
         self.max_batch = max_batch

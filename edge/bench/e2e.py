@@ -270,6 +270,7 @@ class E2ESettings:
     latency_s: float  # seconds at 80 % of saturation
     memory_s: float  # seconds at 2x saturation
     estimate: float  # expected saturation, strips/s, to place the ramp
+    engines: Path | None = None  # TensorRT engine folder (--backend tensorrt/auto)
 
 
 def run_e2e(
@@ -320,6 +321,7 @@ def run_e2e(
                 "--publish", "tcp://127.0.0.1:*",
                 "--models", str(settings.models),
                 "--backend", settings.backend,
+                *(["--engines", str(settings.engines)] if settings.engines else []),
                 "--threads", str(settings.threads),
                 "--max-batch", str(settings.max_batch),
                 "--max-wait-ms", str(settings.max_wait_ms),

@@ -39,6 +39,7 @@ class BenchSettings:
     models: Path
     modes: Sequence[str] = MODES
     backend: str = "onnxruntime"
+    engines: Path | None = None  # TensorRT engine folder
     batches: Sequence[int] = (1, 8, 32)
     defect_rate: float = 0.2
     duration_s: float = 20.0
@@ -82,6 +83,7 @@ def _load(settings: BenchSettings, max_batch: int) -> Cascade:
         settings.backend,  # type: ignore[arg-type]
         max_batch=max_batch,
         threads=settings.threads,
+        engines=settings.engines,
     )
 
 
@@ -242,6 +244,7 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
                     E2ESettings(
                         models=settings.models,
                         backend=settings.backend,
+                        engines=settings.engines,
                         threads=settings.threads,
                         max_batch=max_batch,
                         max_wait_ms=settings.max_wait_ms,

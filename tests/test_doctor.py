@@ -1,0 +1,73 @@
+"""`edge doctor` on a machine without a GPU: it says so, and still checks every model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from edge.backends.engines import EnvFacts
+from edge.doctor import run_doctor
+from edge.main import app
+from edge.modelspec import load_repository
+from tests.engine_fixtures import fake_engine
+
+CPU = EnvFacts(None, None, None, problems=("the tensorrt package is not installed",))
+
+
+def report(models: Path, engines: Path | None = None, facts: EnvFacts = CPU) -> tuple[int, str]:
+    lines: list[str] = []
+    code = run_doctor(models, engines, batch=4, echo=lines.append, facts=facts)
+    return code, "\n".join(lines)
+
+
+def test_doctor_reports_no_gpu_and_checks_every_model_in_fp16(tiny_repo: Path) -> None:
+    code, text = report(tiny_repo)
+    assert code == 0, text
+    assert "GPU: none usable" in text
+    assert "backend tensorrt: not available: the tensorrt package is not installed" in text
+    assert "backend auto: would use onnxruntime" in text
+    assert "pip install 'edge[gpu]'" in text
+    for name in ("classifier", "segmenter"):
+        assert f"model {name}:1:" in text
+    assert text.count("onnxruntime FP32: ran a batch of 4") == 2
+    assert text.count("FP16 ONNX vs FP32 (onnxruntime, CPU): OK") == 2
+    assert "mask IoU" in text and "max |score diff|" in text
+    assert text.splitlines()[-1].startswith("result: OK (TensorRT not checked")
+
+
+def test_doctor_names_the_stale_engine_field_and_fails(tiny_repo: Path, tmp_path: Path) -> None:
+    for files in load_repository(tiny_repo).values():
+        fake_engine(tmp_path, files)  # built on "Orin" with TensorRT 10.3.0
+    code, text = report(tiny_repo, tmp_path)
+    assert code == 1
+    assert "TensorRT engine: FAIL" in text
+    assert "tensorrt_version: the engine has '10.3.0'" in text
+    assert text.splitlines()[-1].startswith("result: FAIL (2)")
+
+
+def test_doctor_on_matching_engines_without_a_gpu_says_it_cannot_run_them(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    no_gpu_here = EnvFacts(
+        "10.3.0", "Orin", "8.7", None, problems=("the pycuda package is not installed",)
+    )
+    for files in load_repository(tiny_repo).values():
+        fake_engine(tmp_path, files)
+    code, text = report(tiny_repo, tmp_path, no_gpu_here)
+    assert code == 1
+    assert "matches this machine" in text
+    assert "cannot run it here: the pycuda package is not installed" in text
+
+
+def test_doctor_reports_a_broken_model_repository(tmp_path: Path) -> None:
+    code, text = report(tmp_path)
+    assert code == 1
+    assert "models: FAIL" in text and "has no classifier" in text
+
+
+def test_edge_doctor_command(tiny_repo: Path) -> None:
+    result = CliRunner().invoke(app, ["doctor", "--models", str(tiny_repo), "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert "backend onnxruntime: available" in result.output
+    assert "result: OK" in result.output
