@@ -19,6 +19,7 @@ from edge.training.samples import (
     CropSampler,
     augment,
     crop_labels,
+    jitter_photometric,
     synthetic_strips,
 )
 
@@ -52,6 +53,18 @@ def test_augment_turns_then_mirrors() -> None:
     assert augment(a, 0, False).tolist() == a.tolist()
     assert augment(a, 1, False).tolist() == [[[1, 3], [0, 2]]]
     assert augment(a, 0, True).tolist() == [[[1, 0], [3, 2]]]
+
+
+def test_photometric_jitter_stays_in_range_and_varies() -> None:
+    rng = np.random.default_rng(0)
+    base = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    outs = []
+    for _ in range(5):
+        image = base.copy()
+        jitter_photometric(image, rng)
+        assert image.dtype == np.float32 and image.min() >= 0.0 and image.max() <= 1.0
+        outs.append(image)
+    assert len({round(float(o.mean()), 4) for o in outs}) == 5
 
 
 def test_sampler_keeps_images_and_masks_aligned() -> None:

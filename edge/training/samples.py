@@ -66,6 +66,7 @@ class CropSampler:
         real_weight: float = 0.5,
         defect_centred: float = 0.5,
         need_masks: bool = False,
+        photometric: bool = True,
     ) -> None:
         if need_masks:
             # A segmenter learns nothing true from a class whose mask is unknown.
@@ -78,6 +79,7 @@ class CropSampler:
         )
         self.size = size
         self.defect_centred = defect_centred
+        self.photometric = photometric
         self.rng = np.random.default_rng(seed)
         for pool in self.pools:
             for strip in pool:
@@ -105,6 +107,8 @@ class CropSampler:
             crop_masks = strip.masks[:, y : y + s, x : x + s]
             turns, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
             images[i, 0] = augment(crop, turns, flip) / np.float32(255)
+            if self.photometric:
+                jitter_photometric(images[i, 0], self.rng)
             masks[i] = augment(crop_masks, turns, flip)
             labels[i], weights[i] = crop_labels(crop_masks, strip)
         return Batch(images, masks, labels, weights)
@@ -134,6 +138,24 @@ def crop_labels(crop_masks: np.ndarray, strip: LabelledStrip) -> tuple[np.ndarra
     unknown = strip.present & ~strip.mask_known
     weights = (~(ambiguous | unknown)).astype(np.float32)
     return labels, weights
+
+
+def jitter_photometric(image: np.ndarray, rng: np.random.Generator) -> None:
+    """Vary contrast, brightness, gamma and sensor noise in place (pixels in 0..1).
+
+    Lines differ in lighting and camera gain, and a handful of labelled strips show only a few
+    of those conditions; without this a model learns the training strips' exposure.
+    """
+    mean = float(image.mean())
+    image -= mean
+    image *= rng.uniform(0.7, 1.3)
+    image += mean + rng.uniform(-0.12, 0.12)
+    np.clip(image, 0.0, 1.0, out=image)
+    np.power(image, np.float32(np.exp(rng.uniform(-0.3, 0.3))), out=image)
+    sigma = rng.uniform(0.0, 0.03)
+    if sigma > 0.005:
+        image += rng.normal(0.0, sigma, image.shape).astype(np.float32)
+        np.clip(image, 0.0, 1.0, out=image)
 
 
 def augment(array: np.ndarray, turns: int, flip: bool) -> np.ndarray:
