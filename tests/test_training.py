@@ -165,3 +165,17 @@ def test_exported_pair_serves_in_the_cascade(tmp_path: Path) -> None:
     cascade = Cascade.load(tmp_path, threads=1)
     (result,) = cascade.run([np.full((256, 1600), 120, np.uint8)])
     assert result.scores.shape == (4,) and result.windows_classified == 7
+
+
+def test_dice_term_counts_only_non_empty_masks() -> None:
+    from edge.training.losses import bce_dice_loss
+
+    masks = torch.zeros(1, 2, 8, 8)
+    masks[0, 0, 2:6, 2:6] = 1.0  # class 0 present, class 1 empty
+    confident_nothing = torch.full((1, 2, 8, 8), -8.0)
+    found = confident_nothing.clone()
+    found[0, 0, 2:6, 2:6] = 8.0
+    # Predicting nothing must cost about a whole Dice (1.0) for the present class; an empty
+    # class predicted empty adds nothing beyond BCE.
+    assert bce_dice_loss(confident_nothing, masks) > 0.9
+    assert bce_dice_loss(found, masks) < 0.05

@@ -29,11 +29,22 @@ def binary_focal_loss(
     return (loss * weights).sum() / weights.sum().clamp_min(1.0)
 
 
-def bce_dice_loss(logits: torch.Tensor, masks: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Pixel BCE plus (1 - soft Dice) per image and class, averaged."""
-    bce = F.binary_cross_entropy_with_logits(logits, masks)
+def bce_dice_loss(
+    logits: torch.Tensor, masks: torch.Tensor, smooth: float = 1.0, pos_weight: float = 2.0
+) -> torch.Tensor:
+    """Pixel BCE plus (1 - soft Dice) over the (image, class) pairs whose mask is not empty.
+
+    Dice over empty pairs would reward predicting nothing, which for the small classes (pits,
+    scratches: a few hundred pixels of a crop) wins: a first segmenter trained that way never
+    marked either. Empty pairs are still penalised for false pixels by the BCE term.
+    """
+    weight = torch.tensor(pos_weight, dtype=logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, masks, pos_weight=weight)
     p = torch.sigmoid(logits)
     inter = (p * masks).sum(dim=(2, 3))
-    total = p.sum(dim=(2, 3)) + masks.sum(dim=(2, 3))
-    dice = (2 * inter + smooth) / (total + smooth)
-    return bce + (1 - dice).mean()
+    truth = masks.sum(dim=(2, 3))
+    dice = (2 * inter + smooth) / (p.sum(dim=(2, 3)) + truth + smooth)
+    present = truth > 0
+    if not present.any():
+        return bce
+    return bce + (1 - dice[present]).mean()
