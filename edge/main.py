@@ -480,7 +480,8 @@ if __name__ == "__main__":
 
 
 def _register_model_tools() -> None:
-    from edge.training.cli import eval_command, train_app, tune_command
+    from edge.training.cli import train_app
+    from edge.training.eval_cli import eval_command, tune_command
 
     app.add_typer(train_app, name="train")
     app.command("eval")(eval_command)

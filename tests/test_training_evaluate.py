@@ -168,7 +168,7 @@ def test_train_eval_tune_commands(tmp_path: Path) -> None:
 def test_eval_errors_are_clear(tmp_path: Path, tiny_repo: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["eval", "--models", str(tiny_repo)])
-    assert result.exit_code == 2 and "give --data" in result.output
+    assert result.exit_code == 2 and "or --synthetic N" in result.output
     result = runner.invoke(
         app,
         [
@@ -182,3 +182,9 @@ def test_eval_errors_are_clear(tmp_path: Path, tiny_repo: Path) -> None:
         ],
     )
     assert result.exit_code == 2 and "x.csv: no such labels file" in result.output
+
+
+def test_eval_on_generated_strips_alone(tiny_repo: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", "--models", str(tiny_repo), "--synthetic", "3"])
+    assert result.exit_code == 0, result.output
+    assert "3 images" in result.output

@@ -1,0 +1,229 @@
+"""``edge eval`` and ``edge tune``: judge a model repository on labelled strips, pick thresholds.
+
+Both run the exported ONNX models with ONNX Runtime, exactly as the daemon does; no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.cascade import Cascade
+from edge.training.cli import Data, ImageLabels, Labels, _fail, dumps, read_holdout
+from edge.training.labels import NUM_CLASSES, LabelledStrip
+
+# Generated strips for eval/tune are drawn apart from training's (edge train uses --seed, 0).
+SYNTHETIC_SEED = 1000
+Synthetic = Annotated[
+    int,
+    typer.Option(
+        min=0, help="Add N generated strips with exact masks (edge.synthetic) to the images."
+    ),
+]
+SyntheticSeed = Annotated[int, typer.Option(help="Seed of the generated strips.")]
+
+Models = Annotated[Path, typer.Option("--models", help="Model repository to judge.")]
+Only = Annotated[
+    Path | None, typer.Option("--only", help="File of image ids: use only these (e.g. a holdout).")
+]
+Exclude = Annotated[Path | None, typer.Option("--exclude", help="File of image ids to leave out.")]
+
+
+def _load(
+    models: Path,
+    data: Path | None,
+    labels: Path | None,
+    image_labels: Path | None,
+    only: Path | None,
+    exclude: Path | None,
+    synthetic: int = 0,
+    synthetic_seed: int = SYNTHETIC_SEED,
+) -> tuple[Cascade, list[LabelledStrip]]:
+    from edge.backends.base import BackendError
+    from edge.modelspec import ModelConfigError
+    from edge.training.labels import LabelsError, load_labelled
+    from edge.training.samples import synthetic_strips
+
+    if (data is None) != (labels is None):
+        raise _fail("give both --data (image folder) and --labels (train.csv)")
+    if data is None and not synthetic:
+        raise _fail("give --data (image folder) and --labels (train.csv), or --synthetic N")
+    try:
+        cascade = Cascade.load(models, max_batch=8)
+        strips = []
+        if data is not None and labels is not None:
+            strips = load_labelled(
+                data,
+                labels,
+                image_level=image_labels,
+                only=set(read_holdout(only)) if only else None,
+                exclude=set(read_holdout(exclude)),
+            )
+        if synthetic:
+            strips += synthetic_strips(synthetic, seed=synthetic_seed)
+    except (ModelConfigError, BackendError, LabelsError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    for stage in (cascade.classifier, cascade.segmenter):
+        if stage.spec.num_classes != NUM_CLASSES:
+            raise _fail(
+                f"{stage.files.model_id} has {stage.spec.num_classes} classes; evaluation uses the "
+                f"Severstal format's {NUM_CLASSES}"
+            )
+    if not strips:
+        raise _fail(f"no images left in {data} after --only/--exclude")
+    return cascade, strips
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def eval_command(
+    models: Models = Path("models"),
+    data: Data = None,
+    labels: Labels = None,
+    image_labels: ImageLabels = None,
+    only: Only = None,
+    exclude: Exclude = None,
+    synthetic: Synthetic = 0,
+    synthetic_seed: SyntheticSeed = SYNTHETIC_SEED,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Folder for report.json and PNG plots.")
+    ] = None,
+) -> None:
+    """Classifier ROC AUC / precision / recall / F1 and segmentation Dice, beside "predict nothing"."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge.training.evaluate import evaluate
+
+    cascade, strips = _load(
+        models, data, labels, image_labels, only, exclude, synthetic, synthetic_seed
+    )
+    result, outputs = evaluate(cascade, strips)
+    table = Table(title=f"{len(strips)} images, models {', '.join(result['models'].values())}")
+    for column in (
+        "class",
+        "tile AUC",
+        "strip AUC",
+        "gate",
+        "precision",
+        "recall",
+        "F1",
+        "Dice+ model",
+        "Dice+ nothing",
+        "mean Dice model",
+        "mean Dice nothing",
+    ):
+        table.add_column(column, justify="right")
+    for k in range(4):
+        c = result["classifier"]["per_class"][f"class_{k + 1}"]
+        s = result["segmentation"]["per_class"][f"class_{k + 1}"]
+        at = c["tile_confusion_at_gate"]
+        nothing_pairs = s["baseline_predict_nothing"]
+        table.add_row(
+            f"{k + 1}",
+            _fmt(c["tile_auc"]),
+            _fmt(c["strip_auc"]),
+            f"{c['gate']:.2f}",
+            _fmt(at["precision"]),
+            _fmt(at["recall"]),
+            _fmt(at["f1"]),
+            f"{_fmt(s['dice_on_positives'])} (n={s['positive_images']})",
+            _fmt(nothing_pairs["dice_on_positives"]),
+            _fmt(s["mean_dice_all_images"]),
+            "",
+        )
+    seg = result["segmentation"]
+    table.add_row(
+        "all",
+        _fmt(result["classifier"]["mean_tile_auc"]),
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        _fmt(seg["kaggle_mean_dice"]),
+        _fmt(seg["baseline_predict_nothing"]["kaggle_mean_dice"]),
+    )
+    # Eleven columns: narrower than this, Rich would fold the headers into stubs.
+    Console(width=max(Console().width, 150)).print(table)
+    if report is not None:
+        from edge.training.plots import write_figures
+
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "report.json").write_text(dumps(result) + "\n")
+        try:
+            written = write_figures(result, outputs, report)
+        except RuntimeError as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(f"wrote {report / 'report.json'} and {len(written)} PNGs in {report}")
+
+
+def tune_command(
+    models: Models = Path("models"),
+    data: Data = None,
+    labels: Labels = None,
+    image_labels: ImageLabels = None,
+    only: Only = None,
+    exclude: Exclude = None,
+    synthetic: Synthetic = 0,
+    synthetic_seed: SyntheticSeed = SYNTHETIC_SEED,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the chosen thresholds without writing them.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="Write every sweep to this JSON file.")
+    ] = None,
+) -> None:
+    """Sweep gate, mask and min-area thresholds per class; write the best into config.toml."""
+    from edge.training.evaluate import run_models
+    from edge.training.tune import tune
+
+    cascade, strips = _load(
+        models, data, labels, image_labels, only, exclude, synthetic, synthetic_seed
+    )
+    result = tune(run_models(cascade, strips))
+    if report is not None:
+        report.write_text(dumps(result) + "\n")
+    classifier, segmenter = cascade.classifier.spec, cascade.segmenter.spec
+    chosen = result["chosen"]
+    current = {
+        "gate": classifier.per_class("gate"),
+        "mask": segmenter.per_class("mask"),
+        "min_area": segmenter.per_class("min_area"),
+    }
+    for k in range(4):
+        detail = result["per_class"][f"class_{k + 1}"]
+        if not detail["tuned"]:
+            for key in chosen:
+                chosen[key][k] = current[key][k]  # nothing to learn from: keep what was there
+        typer.echo(
+            f"class {k + 1}: gate {current['gate'][k]} -> {chosen['gate'][k]}, "
+            f"mask {current['mask'][k]} -> {chosen['mask'][k]}, "
+            f"min_area {current['min_area'][k]} -> {chosen['min_area'][k]}"
+            + ("" if detail["tuned"] else "  (no labelled positives: kept)")
+        )
+    if dry_run:
+        return
+    write_thresholds(cascade, chosen)
+
+
+def write_thresholds(cascade: Cascade, chosen: dict[str, list[float]]) -> None:
+    from edge.modelspec import CONFIG_FILE
+    from edge.training.export import write_config
+
+    for stage, keys in ((cascade.classifier, ("gate",)), (cascade.segmenter, ("mask", "min_area"))):
+        spec = stage.spec
+        thresholds = spec.thresholds.model_copy(update={k: tuple(chosen[k]) for k in keys})
+        path = stage.files.onnx_path.parent.parent / CONFIG_FILE
+        write_config(
+            path,
+            spec.model_copy(update={"thresholds": thresholds}),
+            note="thresholds chosen by edge tune; the rest as edge train wrote it",
+        )
+        typer.echo(f"wrote {path}")
