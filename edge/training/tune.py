@@ -7,10 +7,10 @@ once):
 2. min_area: the smallest component kept, maximising the mean Dice over all images (what
    removes false specks on clean strips);
 3. gate: the classifier threshold that maximises the same mean Dice when pixels outside the
-   tiles it flags are dropped. Often a whole range of gates ties (min_area already removed the
-   false specks); among those, the ones that keep the most defective tiles flagged, and of
-   them the middle one, so the gate has margin on both sides: lower segments clean tiles for
-   nothing, higher starts to miss defects the labelled data did not happen to contain.
+   tiles it flags are dropped. Often a whole range of gates ties (the mask stage already
+   removed what the gate would); of that range the middle, so the gate has margin on both
+   sides: lower segments clean tiles for nothing (the cascade's speed), higher starts to miss
+   defects the labelled data did not happen to contain.
 
 The gate is swept per class, as if each class gated its own tiles; the daemon segments a tile
 when any class passes, so it segments at least what the sweep assumed.
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from edge.training import metrics
-from edge.training.evaluate import StripOutputs, tile_labels
+from edge.training.evaluate import StripOutputs
 from edge.training.labels import NUM_CLASSES
 
 MASK_STEPS = np.round(np.arange(0.05, 1.0, 0.05), 2)
@@ -94,29 +94,16 @@ def tune_gate(outputs: list[StripOutputs], k: int, mask_threshold: float, min_ar
         keep = areas >= max(min_area, 1)
         keep[0] = False
         masks.append(keep[labels])
-    sweep, recall = [], {}
+    sweep = []
     for gate in GATE_STEPS:
         scores = [
             metrics.dice(o.strip.masks[k], mask & _gated(o, k, float(gate)))
             for o, mask in zip(known, masks, strict=True)
         ]
         sweep.append((float(gate), float(np.mean(scores))))
-        recall[float(gate)] = _tile_recall(known, k, float(gate))
     best_score = max(s for _, s in sweep)
-    tied = [g for g, s in sweep if s >= best_score - 1e-9]
-    best_recall = max(recall[g] for g in tied)
-    plateau = [g for g in tied if recall[g] >= best_recall]
+    plateau = [g for g, s in sweep if s >= best_score - 1e-9]
     return Choice(plateau[len(plateau) // 2], best_score, sweep)
-
-
-def _tile_recall(outputs: list[StripOutputs], k: int, gate: float) -> float:
-    hits = total = 0
-    for o in outputs:
-        labels, known = tile_labels(o)
-        positive = labels[:, k] & known[:, k]
-        total += int(positive.sum())
-        hits += int((positive & (o.tile_scores[:, k] >= gate)).sum())
-    return hits / total if total else 1.0
 
 
 def tune(outputs: list[StripOutputs]) -> dict[str, Any]:
