@@ -30,9 +30,41 @@ def convert_to_fp16(onnx_path: Path, out_path: Path) -> Path:
     model = onnx.load(str(onnx_path))
     # keep_io_types: Cast nodes at the edges, so inputs/outputs stay float32.
     converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    _float32_outputs(converted, onnx)
     onnx.checker.check_model(converted)
     atomic_write(out_path, converted.SerializeToString())
     return out_path
+
+
+def _float32_outputs(model: object, onnx: object) -> None:
+    """Make every graph output float32 again where the converter left it float16.
+
+    keep_io_types misses an output made by an op on its keep-in-float32 list (Resize, as in a
+    U-Net's final upsampling): it casts that op's result back to float16 and types the graph
+    output float16. Such an output's producer is that Cast: it is pointed at float32 instead.
+    Any other float16 output gets a Cast to float32 appended.
+    """
+    graph = model.graph  # type: ignore[attr-defined]
+    tensor = onnx.TensorProto  # type: ignore[attr-defined]
+    producers = {out: node for node in graph.node for out in node.output}
+    for output in graph.output:
+        elem = output.type.tensor_type
+        if elem.elem_type != tensor.FLOAT16:
+            continue
+        producer = producers.get(output.name)
+        if producer is not None and producer.op_type == "Cast":
+            for attr in producer.attribute:
+                if attr.name == "to":
+                    attr.i = tensor.FLOAT
+        else:
+            inner = output.name + "_float16"
+            for node in graph.node:
+                node.output[:] = [inner if o == output.name else o for o in node.output]
+                node.input[:] = [inner if i == output.name else i for i in node.input]
+            graph.node.append(
+                onnx.helper.make_node("Cast", [inner], [output.name], to=tensor.FLOAT)  # type: ignore[attr-defined]
+            )
+        elem.elem_type = tensor.FLOAT
 
 
 def fp16_path_for(onnx_path: Path, folder: Path) -> Path:

@@ -163,3 +163,33 @@ def test_gpu_builds_engines_with_sidecars_that_match_this_machine(
         assert built.sidecar.max_batch == 8
         assert locate(tmp_path, files, gpu_facts()).plan == built.plan
     assert (tmp_path / "timing.cache").stat().st_size > 0
+
+
+def test_float16_outputs_are_cast_back_to_float32() -> None:
+    from onnx import TensorProto, helper
+
+    from build_engine.fp16 import _float32_outputs
+
+    # A Cast producer (what the converter leaves after a Resize) is re-pointed at float32; any
+    # other producer gets a Cast appended.
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["a"], to=TensorProto.FLOAT16),
+            helper.make_node("Identity", ["a"], ["b"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT16, [1]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT16, [1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _float32_outputs(model, onnx)
+    onnx.checker.check_model(model)
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.FLOAT] * 2
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = session.run(None, {"x": np.array([1.5], np.float32)})
+    assert a.dtype == np.float32 and b.dtype == np.float32 and b[0] == 1.5
