@@ -409,6 +409,30 @@ def bench(
     typer.echo(json.dumps({"ratios": report["ratios"]}))
 
 
+@app.command("install-service")
+def install_service(
+    root: Annotated[
+        Path, typer.Option(help="Prefix to install under (a staging folder, or / for real).")
+    ] = Path("/"),
+    exec_start: Annotated[
+        str | None,
+        typer.Option(help="The edge executable the unit runs. (default: this installation's)"),
+    ] = None,
+    user: Annotated[str, typer.Option(help="System user the daemon runs as.")] = "edge",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing edge.toml.")] = False,
+) -> None:
+    """Write the systemd unit and an example /etc/edge/edge.toml (kept if it exists)."""
+    from edge.service import default_exec, install
+
+    done = install(root, exec_start=exec_start or default_exec(), user=user, force=force)
+    typer.echo(f"wrote {done.unit}")
+    typer.echo(f"{'wrote' if done.config_written else 'kept existing'} {done.config}")
+    typer.echo(
+        f"next: useradd --system --no-create-home {user}; edit {done.config}; "
+        "systemctl daemon-reload && systemctl enable --now edge"
+    )
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

@@ -31,6 +31,7 @@ from edge.cascade import Cascade, Inferred, StripResult
 from edge.config import Config
 from edge.frames import Frame
 from edge.ledger import Ledger
+from edge.notify import Notifier, serving_status
 from edge.postprocess import defects_from_probs
 from edge.protocol import ProtocolError
 from edge.sinks import EventPublisher
@@ -99,6 +100,10 @@ class Server:
         self.batches = 0
         self.batch_sizes: Counter[int] = Counter()  # strips per batch, for the shutdown log
         self._pending = threading.BoundedSemaphore(_PENDING_BATCHES)
+        self.notifier = Notifier()
+        # Monotonic time the inference loop last went round: the watchdog and /readyz trust
+        # only this, so a hung model stops both even while every other thread looks alive.
+        self.last_progress = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -156,15 +161,37 @@ class Server:
             backend=self.cascade.classifier.backend.name,
         )
         self.started.set()
+        self.notifier.ready(
+            f"ready: models {self.cascade.model_ids}, publishing on {self.publish_endpoint}"
+        )
+
+    def progressing(self) -> bool:
+        """Whether the inference loop went round within ``stall_timeout_s``."""
+        return time.monotonic() - self.last_progress < self.config.stall_timeout_s
 
     def main_loop(self) -> None:
+        watchdog_s = self.notifier.watchdog_s
+        next_ping = next_status = time.monotonic()
+        previous = (next_status, self.ledger.snapshot())
         while not self.should_exit.wait(0.2):
             if self.failure is not None:
                 break
+            now = time.monotonic()
+            if watchdog_s is not None and now >= next_ping and self.progressing():
+                # No ping while stalled: systemd then kills and restarts the daemon.
+                self.notifier.watchdog()
+                next_ping = now + watchdog_s / 3
+            if now >= next_status:
+                counts = self.ledger.snapshot()
+                self.notifier.status(serving_status(previous, (now, counts), len(self._queue)))
+                previous = (now, counts)
+                next_status = now + self.config.status_interval_s
 
     def shutdown(self) -> None:
+        self.notifier.stopping()
         if not self._threads:
             self._close_context()
+            self.notifier.close()
             return
         receiver, inference, publisher = self._threads[2], self._threads[1], self._threads[0]
         self._stop_receiving.set()
@@ -187,6 +214,7 @@ class Server:
             batches=self.batches,
             batch_sizes={str(k): v for k, v in sorted(self.batch_sizes.items())},
         )
+        self.notifier.close()
 
     def _close_context(self) -> None:
         if self._context is not None:
@@ -253,6 +281,7 @@ class Server:
         max_strips = max(1, self.config.max_batch // tiles_per_strip)
         max_wait_s = self.config.max_wait_ms / 1000
         while not self._abandon.is_set():
+            self.last_progress = time.monotonic()
             try:
                 batch = self._queue.get_batch(max_strips, max_wait_s)
             except Closed:
