@@ -82,6 +82,13 @@ def run(
     log_level: Annotated[
         str | None, typer.Option(help="debug | info | warning | error (default: info)")
     ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT to serve /metrics, /healthz, /readyz on. (default: off)"),
+    ] = None,
+    pid_file: Annotated[
+        Path | None, typer.Option(help="Write the pid here, for `edge reload`. (default: none)")
+    ] = None,
 ) -> None:
     """Run the inspection daemon: frames in from cameras, defect events out.
 
@@ -108,6 +115,8 @@ def run(
             daemon_id=daemon_id,
             log_format=log_format,
             log_level=log_level,
+            metrics=metrics,
+            pid_file=pid_file,
         )
     except ConfigError as err:
         raise fail(str(err)) from None

@@ -31,6 +31,7 @@ from edge.cascade import Cascade, Inferred, StripResult
 from edge.config import Config
 from edge.frames import Frame
 from edge.ledger import Ledger
+from edge.metrics import HealthServer, Metrics
 from edge.notify import Notifier, serving_status
 from edge.postprocess import defects_from_probs
 from edge.protocol import ProtocolError
@@ -104,6 +105,11 @@ class Server:
         # Monotonic time the inference loop last went round: the watchdog and /readyz trust
         # only this, so a hung model stops both even while every other thread looks alive.
         self.last_progress = time.monotonic()
+        self.metrics = Metrics(
+            queue_depth=lambda: len(self._queue),
+            progress_age_s=lambda: time.monotonic() - self.last_progress,
+        )
+        self.health: HealthServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -144,7 +150,12 @@ class Server:
             max_message_bytes=cfg.max_message_bytes,
         )
         self.bound_sources = receiver.bound
+        self.metrics.serving(self.cascade.classifier.backend.name, self.cascade.model_ids)
+        if cfg.metrics_address is not None:
+            self.health = HealthServer(*cfg.metrics_address, self.metrics, self.readiness)
+            self.health.start()
         self._started_at = time.monotonic()
+        self.last_progress = time.monotonic()
         self._threads = [
             threading.Thread(target=self._guard(self._publish_loop, publisher), name="publisher"),
             threading.Thread(target=self._guard(self._inference_loop), name="inference"),
@@ -159,6 +170,7 @@ class Server:
             bind_sources=self.bound_sources,
             models=self.cascade.model_ids,
             backend=self.cascade.classifier.backend.name,
+            metrics=self.health and "http://{}:{}/metrics".format(*self.health.address),
         )
         self.started.set()
         self.notifier.ready(
@@ -168,6 +180,20 @@ class Server:
     def progressing(self) -> bool:
         """Whether the inference loop went round within ``stall_timeout_s``."""
         return time.monotonic() - self.last_progress < self.config.stall_timeout_s
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why) for /readyz: models loaded and the inference loop going round."""
+        if not self.started.is_set():
+            return False, "starting: loading models"
+        if self.should_exit.is_set():
+            return False, "shutting down"
+        if not self.progressing():
+            age = time.monotonic() - self.last_progress
+            return False, (
+                f"inference loop stalled: no progress for {age:.1f}s "
+                f"(stall_timeout_s = {self.config.stall_timeout_s})"
+            )
+        return True, "ready"
 
     def main_loop(self) -> None:
         watchdog_s = self.notifier.watchdog_s
@@ -215,6 +241,8 @@ class Server:
             batch_sizes={str(k): v for k, v in sorted(self.batch_sizes.items())},
         )
         self.notifier.close()
+        if self.health is not None:
+            self.health.close()
 
     def _close_context(self) -> None:
         if self._context is not None:
@@ -251,17 +279,21 @@ class Server:
             receiver.close()
 
     def _accept(self, parts: list[zmq.Frame]) -> None:
+        start = time.perf_counter()
         try:
             frame = read_frame(parts)
         except ProtocolError as err:
             self.ledger.count(err.camera, "received")
+            self.metrics.frame_received(err.camera)
             if err.seq != protocol.UNKNOWN_SEQ:
                 # Received, though rejected: it must not be reported missing in a gap too.
                 self._observe_seq(err.camera, err.seq)
             self._reject(err.camera, err.seq, err.reason)
             return
         header = frame.header
+        self.metrics.stage("decode", time.perf_counter() - start)
         self.ledger.count(header.camera, "received")
+        self.metrics.frame_received(header.camera)
         self._observe_seq(header.camera, header.seq)
         left_over = self._queue.put(frame, stop=self._stop_receiving)
         if left_over is frame:  # blocked until shutdown: never queued
@@ -271,6 +303,8 @@ class Server:
 
     def _observe_seq(self, camera: str, seq: int) -> None:
         for event in self.ledger.observe_seq(camera, seq):
+            if event["kind"] == protocol.KIND_GAP:
+                self.metrics.gap(camera, event["missing"])
             self._emit(camera, event)
 
     # -- inference thread ------------------------------------------------------------------
@@ -291,6 +325,7 @@ class Server:
 
     def _infer(self, frames: list[Frame]) -> None:
         assert self.cascade is not None
+        start = time.perf_counter()
         try:
             inferred = self.cascade.infer([f.pixels for f in frames])
         except Exception:
@@ -308,6 +343,8 @@ class Server:
                 frame.header.ts_ns,
             )
             return
+        self.metrics.stage("infer", time.perf_counter() - start)
+        self.metrics.batch_strips.observe(len(frames))
         self.batches += 1
         self.batch_sizes[len(frames)] += 1
         # Stitching and post-processing (thresholds, components, RLE) run on the publisher
@@ -321,6 +358,7 @@ class Server:
 
     def _publish_results(self, batch: _Batch, publisher: EventPublisher) -> None:
         assert self.cascade is not None
+        start = time.perf_counter()
         try:
             try:
                 results = self.cascade.finish(batch.inferred)
@@ -332,13 +370,16 @@ class Server:
                     header = frame.header
                     reason = f"post-processing failed on a {list(header.shape)} frame"
                     self.ledger.count(header.camera, "rejects")
+                    self.metrics.reject(header.camera, reason)
                     publisher.send(
                         protocol.event_topic(header.camera),
                         protocol.reject_event(header.camera, header.seq, reason, header.ts_ns),
                     )
                 return
+            self.metrics.stage("postprocess", time.perf_counter() - start)
             for camera, event in events:
                 self.ledger.count(camera, "results")
+                self.metrics.result(camera, event["latency_ms"] / 1000)
                 publisher.send(protocol.event_topic(camera), event)
         finally:
             self._pending.release()
@@ -350,11 +391,13 @@ class Server:
 
     def _reject(self, camera: str, seq: int, reason: str, ts_ns: int | None = None) -> None:
         self.ledger.count(camera, "rejects")
+        self.metrics.reject(camera, reason)
         log.warning("frame rejected", camera=camera, seq=seq, reason=reason)
         self._emit(camera, protocol.reject_event(camera, seq, reason, ts_ns))
 
     def _drop(self, frame: Frame, reason: str) -> None:
         self.ledger.count(frame.header.camera, "drops")
+        self.metrics.drop(frame.header.camera, reason)
         self._emit(frame.header.camera, protocol.drop_event(frame.header, reason))
 
     def status(self) -> dict[str, Any]:
