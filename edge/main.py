@@ -99,29 +99,30 @@ def run(
     from edge.modelspec import ModelConfigError
     from edge.server import Server
 
+    overrides = dict(
+        sources=source,
+        bind_sources=bind_source,
+        publish=publish,
+        models=models,
+        backend=backend,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        overload=overload,
+        threads=threads,
+        daemon_id=daemon_id,
+        log_format=log_format,
+        log_level=log_level,
+        metrics=metrics,
+        pid_file=pid_file,
+    )
     try:
-        cfg = load_config(
-            config,
-            sources=source,
-            bind_sources=bind_source,
-            publish=publish,
-            models=models,
-            backend=backend,
-            max_batch=max_batch,
-            max_wait_ms=max_wait_ms,
-            queue_size=queue_size,
-            overload=overload,
-            threads=threads,
-            daemon_id=daemon_id,
-            log_format=log_format,
-            log_level=log_level,
-            metrics=metrics,
-            pid_file=pid_file,
-        )
+        cfg = load_config(config, **overrides)
     except ConfigError as err:
         raise fail(str(err)) from None
     configure(cfg.log_format, cfg.log_level)
-    server = Server(cfg)
+    # SIGHUP re-reads the same file with the same flags on top.
+    server = Server(cfg, read_config=lambda: load_config(config, **overrides))
     try:
         code = server.run()
     except (ModelConfigError, BackendError) as err:
@@ -416,6 +417,26 @@ def bench(
         write_json(report, json_out)
         typer.echo(f"wrote {json_out}", err=True)
     typer.echo(json.dumps({"ratios": report["ratios"]}))
+
+
+@app.command()
+def reload(
+    pid_file: Annotated[
+        Path, typer.Option(help="The pid file the daemon was started with (--pid-file).")
+    ],
+) -> None:
+    """Make a running daemon reload its config and models (SIGHUP); it keeps serving.
+
+    A bad new model or config is refused and logged by the daemon, which keeps the old ones.
+    Under systemd, `systemctl reload edge` does the same.
+    """
+    from edge.reload import ReloadError, signal_reload
+
+    try:
+        pid = signal_reload(pid_file)
+    except ReloadError as err:
+        raise fail(str(err), 1) from None
+    typer.echo(f"sent SIGHUP to edge daemon {pid}; its log says whether the reload succeeded")
 
 
 @app.command("install-service")

@@ -168,3 +168,19 @@ def _text(start_response: Any, status: str, body: str) -> list[bytes]:
         status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
     )
     return [data]
+
+
+def readiness(
+    started: bool, stopping: bool, progress_age_s: float, stall_timeout_s: float
+) -> tuple[bool, str]:
+    """(ready, why): what /readyz answers."""
+    if not started:
+        return False, "starting: loading models"
+    if stopping:
+        return False, "shutting down"
+    if progress_age_s >= stall_timeout_s:
+        return False, (
+            f"inference loop stalled: no progress for {progress_age_s:.1f}s "
+            f"(stall_timeout_s = {stall_timeout_s})"
+        )
+    return True, "ready"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -101,3 +102,33 @@ def serving_status(
         f"received {total(after, 'received')}, results {total(after, 'results')}, "
         f"rejects {total(after, 'rejects')}, drops {total(after, 'drops')}; queue {queue_depth}"
     )
+
+
+class Heartbeat:
+    """The main loop's duties towards systemd: watchdog pings while progressing, STATUS=."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        counts: Callable[[], dict[str, dict[str, int]]],
+        queue_depth: Callable[[], int],
+    ) -> None:
+        self.notifier = notifier
+        self._counts = counts
+        self._queue_depth = queue_depth
+        now = time.monotonic()
+        self._next_ping = self._next_status = now
+        self._previous = (now, counts())
+
+    def tick(self, progressing: bool, status_interval_s: float) -> None:
+        now = time.monotonic()
+        watchdog_s = self.notifier.watchdog_s
+        if watchdog_s is not None and now >= self._next_ping and progressing:
+            # No ping while stalled: systemd then kills and restarts the daemon.
+            self.notifier.watchdog()
+            self._next_ping = now + watchdog_s / 3
+        if now >= self._next_status:
+            current = (now, self._counts())
+            self.notifier.status(serving_status(self._previous, current, self._queue_depth()))
+            self._previous = current
+            self._next_status = now + status_interval_s

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +27,15 @@ import structlog
 import zmq
 
 from edge import protocol
-from edge.cascade import Cascade, Inferred, StripResult
+from edge.cascade import Cascade, Inferred
 from edge.config import Config
 from edge.frames import Frame
 from edge.ledger import Ledger
-from edge.metrics import HealthServer, Metrics
-from edge.notify import Notifier, serving_status
-from edge.postprocess import defects_from_probs
+from edge.metrics import HealthServer, Metrics, readiness
+from edge.notify import Heartbeat, Notifier
 from edge.protocol import ProtocolError
-from edge.sinks import EventPublisher
+from edge.reload import Handover, prepare, remove_pid_file, write_pid_file
+from edge.sinks import EventPublisher, result_events
 from edge.sources import FrameReceiver, read_frame
 from edge.workqueue import Closed, WorkQueue
 
@@ -50,41 +50,29 @@ _PENDING_BATCHES = 2
 class _Batch:
     frames: list[Frame]
     inferred: Inferred
+    cascade: Cascade  # the one that inferred it: a reload must not split a batch across two
 
 
-def result_events(
-    cascade: Cascade, frames: Sequence[Frame], results: Sequence[StripResult]
-) -> list[tuple[str, dict[str, Any]]]:
-    """(camera, result event) for each frame of a batch the cascade ran, in order.
+@dataclass(slots=True)
+class _Retire:
+    """A cascade replaced by a reload; closed once every batch it inferred is published."""
 
-    The daemon's own post-processing; ``edge bench`` runs it too, so what it measures is this.
-    """
-    seg_spec = cascade.segmenter.spec
-    model = cascade.model_ids
-    events = []
-    for frame, result in zip(frames, results, strict=True):
-        defects = (
-            []
-            if result.probs is None
-            else defects_from_probs(result.probs, seg_spec, result.region)
-        )
-        latency_ms = (time.monotonic_ns() - frame.received_ns) / 1e6
-        event = protocol.result_event(
-            frame.header,
-            defective=bool(defects),
-            scores=[round(float(s), 4) for s in result.scores],
-            defects=defects,
-            latency_ms=round(latency_ms, 3),
-            model=model,
-        )
-        events.append((frame.header.camera, event))
-    return events
+    cascade: Cascade
 
 
 class Server:
-    def __init__(self, config: Config, cascade: Cascade | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        cascade: Cascade | None = None,
+        read_config: Callable[[], Config] | None = None,
+    ) -> None:
+        """``read_config`` re-reads the configuration on reload (default: the same one)."""
         self.config = config
         self.cascade = cascade
+        self._read_config = read_config
+        self._reload_requested = threading.Event()
+        self._handover = Handover()
         self.should_exit = threading.Event()
         self.started = threading.Event()
         self.ledger = Ledger()
@@ -128,10 +116,14 @@ class Server:
             return  # only the main thread may; an embedding caller sets should_exit itself
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, self.handle_exit)
+        signal.signal(signal.SIGHUP, self.handle_reload)
 
     def handle_exit(self, sig: int, frame: object) -> None:
         log.info("signal received, shutting down", signal=signal.Signals(sig).name)
         self.should_exit.set()
+
+    def handle_reload(self, sig: int, frame: object) -> None:
+        self._reload_requested.set()  # the main loop reloads: a signal handler must stay short
 
     def startup(self) -> None:
         cfg = self.config
@@ -172,6 +164,8 @@ class Server:
             backend=self.cascade.classifier.backend.name,
             metrics=self.health and "http://{}:{}/metrics".format(*self.health.address),
         )
+        if cfg.pid_file is not None:
+            write_pid_file(cfg.pid_file)
         self.started.set()
         self.notifier.ready(
             f"ready: models {self.cascade.model_ids}, publishing on {self.publish_endpoint}"
@@ -183,35 +177,44 @@ class Server:
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why) for /readyz: models loaded and the inference loop going round."""
-        if not self.started.is_set():
-            return False, "starting: loading models"
-        if self.should_exit.is_set():
-            return False, "shutting down"
-        if not self.progressing():
-            age = time.monotonic() - self.last_progress
-            return False, (
-                f"inference loop stalled: no progress for {age:.1f}s "
-                f"(stall_timeout_s = {self.config.stall_timeout_s})"
-            )
-        return True, "ready"
+        return readiness(
+            self.started.is_set(),
+            self.should_exit.is_set(),
+            time.monotonic() - self.last_progress,
+            self.config.stall_timeout_s,
+        )
 
     def main_loop(self) -> None:
-        watchdog_s = self.notifier.watchdog_s
-        next_ping = next_status = time.monotonic()
-        previous = (next_status, self.ledger.snapshot())
+        heartbeat = Heartbeat(self.notifier, self.ledger.snapshot, lambda: len(self._queue))
         while not self.should_exit.wait(0.2):
             if self.failure is not None:
                 break
-            now = time.monotonic()
-            if watchdog_s is not None and now >= next_ping and self.progressing():
-                # No ping while stalled: systemd then kills and restarts the daemon.
-                self.notifier.watchdog()
-                next_ping = now + watchdog_s / 3
-            if now >= next_status:
-                counts = self.ledger.snapshot()
-                self.notifier.status(serving_status(previous, (now, counts), len(self._queue)))
-                previous = (now, counts)
-                next_status = now + self.config.status_interval_s
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
+            heartbeat.tick(self.progressing(), self.config.status_interval_s)
+
+    def reload(self) -> bool:
+        """Swap in the re-read config and freshly loaded models, or keep serving the old ones."""
+        self.notifier.reloading()
+        log.info("reload: reading the config and loading the models")
+        try:
+            prepared = prepare(self.config, self._read_config)
+        except Exception as err:  # any reason at all: the running daemon stays as it was
+            log.error("reload refused; the running models keep serving", error=str(err))
+            self.metrics.reloads.labels("refused").inc()
+            self.notifier.ready(f"reload refused, still serving the previous models: {err}")
+            return False
+        for key in prepared.needs_restart:
+            log.warning("reload: this key needs a restart; keeping the running value", key=key)
+        cfg = self.config = prepared.config
+        self._queue.capacity, self._queue.policy = cfg.queue_size, cfg.overload
+        self._handover.offer(prepared.cascade)
+        self.metrics.reloads.labels("ok").inc()
+        self.metrics.serving(prepared.cascade.classifier.backend.name, prepared.cascade.model_ids)
+        log.info("reloaded", models=prepared.cascade.model_ids)
+        self.notifier.ready(f"reloaded: models {prepared.cascade.model_ids}")
+        return True
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -229,6 +232,7 @@ class Server:
             inference.join()
         for frame in self._queue.take_all():
             self._drop(frame, "shutdown")
+        self._handover.discard()
         self._outbox.put(_STOP)
         publisher.join()
         self._close_context()
@@ -243,6 +247,8 @@ class Server:
         self.notifier.close()
         if self.health is not None:
             self.health.close()
+        if self.config.pid_file is not None:
+            remove_pid_file(self.config.pid_file)
 
     def _close_context(self) -> None:
         if self._context is not None:
@@ -310,24 +316,38 @@ class Server:
     # -- inference thread ------------------------------------------------------------------
 
     def _inference_loop(self) -> None:
-        assert self.cascade is not None
-        tiles_per_strip = max(1, len(self.cascade.classifier.inputs.windows(256, 1600)))
-        max_strips = max(1, self.config.max_batch // tiles_per_strip)
-        max_wait_s = self.config.max_wait_ms / 1000
+        max_strips = self._strips_per_batch()
         while not self._abandon.is_set():
             self.last_progress = time.monotonic()
+            if self._handover.waiting:
+                self._adopt_reloaded()
+                max_strips = self._strips_per_batch()
             try:
-                batch = self._queue.get_batch(max_strips, max_wait_s)
+                batch = self._queue.get_batch(max_strips, self.config.max_wait_ms / 1000)
             except Closed:
                 return
             if batch:
                 self._infer(batch)
 
-    def _infer(self, frames: list[Frame]) -> None:
+    def _strips_per_batch(self) -> int:
         assert self.cascade is not None
+        tiles_per_strip = max(1, len(self.cascade.classifier.inputs.windows(256, 1600)))
+        return max(1, self.config.max_batch // tiles_per_strip)
+
+    def _adopt_reloaded(self) -> None:
+        """Between two batches: serve the reloaded cascade; retire the old one in order."""
+        new = self._handover.take()
+        if new is not None:
+            if self.cascade is not None:
+                self._outbox.put(_Retire(self.cascade))
+            self.cascade = new
+
+    def _infer(self, frames: list[Frame]) -> None:
+        cascade = self.cascade
+        assert cascade is not None
         start = time.perf_counter()
         try:
-            inferred = self.cascade.infer([f.pixels for f in frames])
+            inferred = cascade.infer([f.pixels for f in frames])
         except Exception:
             if len(frames) > 1:
                 # Find the frame that breaks the batch so the others still get results.
@@ -354,15 +374,14 @@ class Server:
         while not self._pending.acquire(timeout=0.1):
             if self.failure is not None:
                 return  # the publisher died: nothing can be published any more
-        self._outbox.put(_Batch(frames, inferred))
+        self._outbox.put(_Batch(frames, inferred, cascade))
 
     def _publish_results(self, batch: _Batch, publisher: EventPublisher) -> None:
-        assert self.cascade is not None
         start = time.perf_counter()
         try:
             try:
-                results = self.cascade.finish(batch.inferred)
-                events = result_events(self.cascade, batch.frames, results)
+                results = batch.cascade.finish(batch.inferred)
+                events = result_events(batch.cascade, batch.frames, results)
             except Exception:
                 # Every frame still gets its one event, and the publisher serves on.
                 log.exception("post-processing failed", frames=len(batch.frames))
@@ -430,6 +449,8 @@ class Server:
                     break
                 if isinstance(item, _Batch):
                     self._publish_results(item, publisher)
+                elif isinstance(item, _Retire):
+                    item.cascade.close()
                 else:
                     publisher.send(*item)
             publisher.send(topic, self.status())
