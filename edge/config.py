@@ -43,11 +43,15 @@ class Config(BaseModel):
         default_factory=list, description="endpoints to bind for cameras that connect"
     )
     publish: str = "tcp://127.0.0.1:5556"
-    rcvhwm: int = Field(1000, gt=0, description="frames ZeroMQ buffers per camera before it drops")
+    # ZeroMQ's buffers are what bounds memory before the work queue: per camera connection at
+    # most rcvhwm frames of at most max_message_bytes each (200 raw 256x1600 strips: 82 MB).
+    rcvhwm: int = Field(200, gt=0, description="frames ZeroMQ buffers per camera before it drops")
     sndhwm: int = Field(
         10000, gt=0, description="events ZeroMQ buffers per subscriber before that one loses some"
     )
-    max_message_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="a camera sending a bigger message is disconnected"
+    )
     # -- security (ZeroMQ CURVE; both or neither) --
     curve_secret_key: Path | None = Field(
         None, description="the daemon's secret certificate (from `edge keygen`); turns CURVE on"

@@ -31,7 +31,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 def reject_category(reason: str) -> str:
     """A bounded label for a reject reason (the full reason is in the event and the log)."""
-    if reason.startswith(("undecodable", "decoded ")) or "image decodes to" in reason:
+    if reason.startswith(("undecodable", "decoded ", "jpeg image", "png image")):
         return "decode"
     if reason.startswith("inference failed"):
         return "inference"

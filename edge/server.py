@@ -132,7 +132,7 @@ class Server:
                 cfg.models, cfg.backend, max_batch=cfg.max_batch, threads=cfg.threads
             )
         self._context = zmq.Context()
-        publisher = EventPublisher(self._context, cfg.publish)
+        publisher = EventPublisher(self._context, cfg.publish, sndhwm=cfg.sndhwm)
         self.publish_endpoint = publisher.endpoint
         receiver = FrameReceiver(
             self._context,
@@ -384,7 +384,10 @@ class Server:
                 events = result_events(batch.cascade, batch.frames, results)
             except Exception:
                 # Every frame still gets its one event, and the publisher serves on.
-                log.exception("post-processing failed", frames=len(batch.frames))
+                log.exception(
+                    "post-processing failed",
+                    frames=[f"{f.header.camera}/{f.header.seq}" for f in batch.frames],
+                )
                 for frame in batch.frames:
                     header = frame.header
                     reason = f"post-processing failed on a {list(header.shape)} frame"

@@ -101,9 +101,9 @@ publish = "tcp://127.0.0.1:5556"
 queue_size = 16
 overload = "drop-oldest"
 # ZeroMQ buffers per camera (frames) and per subscriber (events): they bound memory.
-rcvhwm = 100
+rcvhwm = 200
 sndhwm = 10000
-max_message_bytes = 16777216      # 16 MiB: a bigger message is refused by ZeroMQ itself
+max_message_bytes = 33554432      # 32 MiB: ZeroMQ disconnects a camera that sends more
 
 # Prometheus /metrics, /healthz and /readyz; keep it on localhost or a management network.
 metrics = "127.0.0.1:9108"
