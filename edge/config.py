@@ -102,6 +102,20 @@ class Config(BaseModel):
             parse_host_port(value)
         return value
 
+    @field_validator("curve_secret_key")
+    @classmethod
+    def _secret_key(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a file (write one with `edge keygen DIR`)")
+        return value
+
+    @field_validator("curve_authorized_clients")
+    @classmethod
+    def _authorized(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a folder of public .key certificates")
+        return value
+
     @field_validator("models")
     @classmethod
     def _models_dir(cls, value: Path) -> Path:

@@ -97,6 +97,7 @@ def run(
     from edge.backends.base import BackendError
     from edge.config import ConfigError, load_config
     from edge.modelspec import ModelConfigError
+    from edge.security import SecurityError
     from edge.server import Server
 
     overrides = dict(
@@ -125,7 +126,7 @@ def run(
     server = Server(cfg, read_config=lambda: load_config(config, **overrides))
     try:
         code = server.run()
-    except (ModelConfigError, BackendError) as err:
+    except (ModelConfigError, BackendError, SecurityError) as err:
         raise fail(str(err), 1) from None
     except OSError as err:  # zmq.ZMQError is one: a port in use, a bad address
         raise fail(f"cannot open sockets: {err}", 1) from None
@@ -437,6 +438,28 @@ def reload(
     except ReloadError as err:
         raise fail(str(err), 1) from None
     typer.echo(f"sent SIGHUP to edge daemon {pid}; its log says whether the reload succeeded")
+
+
+@app.command()
+def keygen(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the certificate files to.")],
+    name: Annotated[
+        str, typer.Option(help="Whose keys: 'server' for the daemon, or a camera/subscriber.")
+    ] = "server",
+) -> None:
+    """Write a CURVE keypair: NAME.key (public, to share) and NAME.key_secret (keep private).
+
+    The daemon uses server.key_secret (curve_secret_key); each camera or subscriber gets its
+    own pair, and its NAME.key is copied into the daemon's curve_authorized_clients folder.
+    """
+    from edge.security import SecurityError
+    from edge.security import keygen as write_keys
+
+    try:
+        public, secret = write_keys(folder, name)
+    except SecurityError as err:
+        raise fail(str(err), 1) from None
+    typer.echo(f"wrote {public} (public) and {secret} (secret, mode 0600)")
 
 
 @app.command("install-service")

@@ -35,6 +35,7 @@ from edge.metrics import HealthServer, Metrics, readiness
 from edge.notify import Heartbeat, Notifier
 from edge.protocol import ProtocolError
 from edge.reload import Handover, prepare, remove_pid_file, write_pid_file
+from edge.security import CurveServer, SecurityError
 from edge.sinks import EventPublisher, result_events
 from edge.sources import FrameReceiver, read_frame
 from edge.workqueue import Closed, WorkQueue
@@ -98,6 +99,7 @@ class Server:
             progress_age_s=lambda: time.monotonic() - self.last_progress,
         )
         self.health: HealthServer | None = None
+        self.curve: CurveServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -132,7 +134,13 @@ class Server:
                 cfg.models, cfg.backend, max_batch=cfg.max_batch, threads=cfg.threads
             )
         self._context = zmq.Context()
-        publisher = EventPublisher(self._context, cfg.publish, sndhwm=cfg.sndhwm)
+        secure = None
+        if cfg.curve_secret_key is not None and cfg.curve_authorized_clients is not None:
+            self.curve = CurveServer(
+                self._context, cfg.curve_secret_key, cfg.curve_authorized_clients
+            )
+            secure = self.curve.secure
+        publisher = EventPublisher(self._context, cfg.publish, sndhwm=cfg.sndhwm, secure=secure)
         self.publish_endpoint = publisher.endpoint
         receiver = FrameReceiver(
             self._context,
@@ -140,6 +148,7 @@ class Server:
             bind=cfg.bind_sources,
             rcvhwm=cfg.rcvhwm,
             max_message_bytes=cfg.max_message_bytes,
+            secure=secure,
         )
         self.bound_sources = receiver.bound
         self.metrics.serving(self.cascade.classifier.backend.name, self.cascade.model_ids)
@@ -198,6 +207,11 @@ class Server:
         """Swap in the re-read config and freshly loaded models, or keep serving the old ones."""
         self.notifier.reloading()
         log.info("reload: reading the config and loading the models")
+        if self.curve is not None:
+            try:
+                self.curve.reload()
+            except SecurityError as err:
+                log.error("reload: authorized clients kept as they were", error=str(err))
         try:
             prepared = prepare(self.config, self._read_config)
         except Exception as err:  # any reason at all: the running daemon stays as it was
@@ -251,6 +265,9 @@ class Server:
             remove_pid_file(self.config.pid_file)
 
     def _close_context(self) -> None:
+        if self.curve is not None:
+            self.curve.stop()  # its ZAP socket lives in the context: close it before term
+            self.curve = None
         if self._context is not None:
             self._context.term()
             self._context = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -18,8 +18,17 @@ from edge.protocol import pack
 class EventPublisher:
     """The daemon's PUB socket. Only the publisher thread uses it."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, *, sndhwm: int = 10000) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        *,
+        sndhwm: int = 10000,
+        secure: Callable[[zmq.Socket], None] | None = None,
+    ) -> None:
         self.socket = context.socket(zmq.PUB)
+        if secure is not None:
+            secure(self.socket)  # CURVE must be set before the bind
         # PUB never blocks: past the high-water mark a slow subscriber loses messages, which it
         # can see from the per-camera seq in events; the daemon itself is never stalled.
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)

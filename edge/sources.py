@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import zmq
 
 from edge.frames import Frame, decode_pixels
@@ -22,8 +24,11 @@ class FrameReceiver:
         bind: list[str],
         rcvhwm: int,
         max_message_bytes: int,
+        secure: Callable[[zmq.Socket], None] | None = None,
     ) -> None:
         self.socket = context.socket(zmq.SUB)
+        if secure is not None:
+            secure(self.socket)  # CURVE must be set before any bind or connect
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
         # A peer that sends more than this is disconnected before the message is buffered.
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
