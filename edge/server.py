@@ -5,11 +5,14 @@
     inference thread  WorkQueue -> batches across cameras -> Cascade.infer (the models)
     publisher thread  Cascade.finish (stitching) and post-processing of each inferred batch
                       into result events, while the models run the next one; events -> PUB
-                      socket; a periodic status message
+                      socket; a periodic status message (edge.publishing)
 
-A signal sets ``should_exit``; shutdown stops receiving, lets the inference thread finish what is
-queued (bounded by ``drain_timeout_s``; frames it cannot finish get a ``drop`` event with reason
-``shutdown``), publishes every event and a final status, then closes the sockets.
+The main thread loads the models, binds the sockets (CURVE optional), starts the metrics/health
+HTTP server if asked, tells systemd READY=1, then watches: watchdog pings only while the
+inference loop goes round, reloads on SIGHUP. SIGTERM/SIGINT set ``should_exit``; shutdown stops
+receiving, lets the inference thread finish what is queued (bounded by ``drain_timeout_s``;
+frames it cannot finish get a ``drop`` event with reason ``shutdown``), publishes every event and
+a final status, then closes the sockets.
 """
 
 from __future__ import annotations
@@ -20,45 +23,31 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 import zmq
 
 from edge import protocol
-from edge.cascade import Cascade, Inferred
+from edge.cascade import Cascade
 from edge.config import Config
 from edge.frames import Frame
 from edge.ledger import Ledger
 from edge.metrics import HealthServer, Metrics, readiness
 from edge.notify import Heartbeat, Notifier
 from edge.protocol import ProtocolError
+from edge.publishing import STOP, Batch, PublishLoop, Retire
 from edge.reload import Handover, prepare, remove_pid_file, write_pid_file
 from edge.security import CurveServer, SecurityError
-from edge.sinks import EventPublisher, result_events
+from edge.sinks import EventPublisher
+from edge.sinks import result_events as result_events  # re-exported: edge bench runs it
 from edge.sources import FrameReceiver, read_frame
 from edge.workqueue import Closed, WorkQueue
 
 log = structlog.get_logger(__name__)
-_STOP = object()
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Batches inferred but not yet post-processed and published (see Server._infer).
 _PENDING_BATCHES = 2
-
-
-@dataclass(slots=True)
-class _Batch:
-    frames: list[Frame]
-    inferred: Inferred
-    cascade: Cascade  # the one that inferred it: a reload must not split a batch across two
-
-
-@dataclass(slots=True)
-class _Retire:
-    """A cascade replaced by a reload; closed once every batch it inferred is published."""
-
-    cascade: Cascade
 
 
 class Server:
@@ -157,8 +146,12 @@ class Server:
             self.health.start()
         self._started_at = time.monotonic()
         self.last_progress = time.monotonic()
+        self._publishing = PublishLoop(
+            self._outbox, self._pending, self.ledger, self.metrics, self.status,
+            lambda: self.config,
+        )  # fmt: skip
         self._threads = [
-            threading.Thread(target=self._guard(self._publish_loop, publisher), name="publisher"),
+            threading.Thread(target=self._guard(self._publishing.run, publisher), name="publisher"),
             threading.Thread(target=self._guard(self._inference_loop), name="inference"),
             threading.Thread(target=self._guard(self._receive_loop, receiver), name="receiver"),
         ]
@@ -247,7 +240,7 @@ class Server:
         for frame in self._queue.take_all():
             self._drop(frame, "shutdown")
         self._handover.discard()
-        self._outbox.put(_STOP)
+        self._outbox.put(STOP)
         publisher.join()
         self._close_context()
         if self.cascade is not None:
@@ -286,7 +279,7 @@ class Server:
                 self._queue.close()
                 if threading.current_thread().name == "publisher":
                     return
-                self._outbox.put(_STOP)
+                self._outbox.put(STOP)
 
         return body
 
@@ -356,7 +349,7 @@ class Server:
         new = self._handover.take()
         if new is not None:
             if self.cascade is not None:
-                self._outbox.put(_Retire(self.cascade))
+                self._outbox.put(Retire(self.cascade))
             self.cascade = new
 
     def _infer(self, frames: list[Frame]) -> None:
@@ -391,37 +384,7 @@ class Server:
         while not self._pending.acquire(timeout=0.1):
             if self.failure is not None:
                 return  # the publisher died: nothing can be published any more
-        self._outbox.put(_Batch(frames, inferred, cascade))
-
-    def _publish_results(self, batch: _Batch, publisher: EventPublisher) -> None:
-        start = time.perf_counter()
-        try:
-            try:
-                results = batch.cascade.finish(batch.inferred)
-                events = result_events(batch.cascade, batch.frames, results)
-            except Exception:
-                # Every frame still gets its one event, and the publisher serves on.
-                log.exception(
-                    "post-processing failed",
-                    frames=[f"{f.header.camera}/{f.header.seq}" for f in batch.frames],
-                )
-                for frame in batch.frames:
-                    header = frame.header
-                    reason = f"post-processing failed on a {list(header.shape)} frame"
-                    self.ledger.count(header.camera, "rejects")
-                    self.metrics.reject(header.camera, reason)
-                    publisher.send(
-                        protocol.event_topic(header.camera),
-                        protocol.reject_event(header.camera, header.seq, reason, header.ts_ns),
-                    )
-                return
-            self.metrics.stage("postprocess", time.perf_counter() - start)
-            for camera, event in events:
-                self.ledger.count(camera, "results")
-                self.metrics.result(camera, event["latency_ms"] / 1000)
-                publisher.send(protocol.event_topic(camera), event)
-        finally:
-            self._pending.release()
+        self._outbox.put(Batch(frames, inferred, cascade))
 
     # -- events ----------------------------------------------------------------------------
 
@@ -448,32 +411,3 @@ class Server:
             batches=self.batches,
             models=self.cascade.model_ids if self.cascade else {},
         )
-
-    # -- publisher thread ------------------------------------------------------------------
-
-    def _publish_loop(self, publisher: EventPublisher) -> None:
-        topic = protocol.status_topic(self.config.daemon_id)
-        interval = self.config.status_interval_s
-        next_status = time.monotonic()
-        try:
-            while True:
-                now = time.monotonic()
-                if now >= next_status:
-                    publisher.send(topic, self.status())
-                    next_status = now + interval
-                try:
-                    item = self._outbox.get(timeout=max(0.0, next_status - time.monotonic()))
-                except queue.Empty:
-                    continue
-                if item is _STOP:
-                    break
-                if isinstance(item, _Batch):
-                    self._publish_results(item, publisher)
-                elif isinstance(item, _Retire):
-                    item.cascade.close()
-                else:
-                    publisher.send(*item)
-            publisher.send(topic, self.status())
-        finally:
-            # Bounded: subscribers get what is queued if they keep up, but never hold up exit.
-            publisher.close(linger_ms=2000)
