@@ -25,9 +25,10 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(address)
         self.sock.settimeout(0.05)
+        self.backlog: list[dict[str, str]] = []
 
     def collect(self, seconds: float) -> list[dict[str, str]]:
-        messages = []
+        messages, self.backlog = self.backlog, []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
@@ -38,9 +39,12 @@ class NotifySocket:
         return messages
 
     def wait_for(self, key: str, timeout_s: float = 10.0) -> dict[str, str]:
+        """The next message holding ``key``; the messages before it are consumed."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for message in self.collect(0.05):
+            self.backlog = self.collect(0.05)  # what was left, then what came
+            while self.backlog:
+                message = self.backlog.pop(0)
                 if key in message:
                     return message
         raise AssertionError(f"no {key} notification within {timeout_s}s")
@@ -144,3 +148,36 @@ def test_daemon_is_ready_pings_only_while_inference_progresses_and_says_stopping
     daemon.subscriber.wait_for(lambda ev: per_frame(ev))
     daemon.stop()
     assert "draining" in listener.wait_for("STOPPING")["STATUS"]
+
+
+def test_edge_run_speaks_to_systemd_as_a_real_process(
+    tiny_repo: Path, notify_socket: tuple[str, NotifySocket]
+) -> None:
+    """What systemd sees of `edge run`: READY, pings, RELOADING/READY on SIGHUP, STOPPING."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_cli import free_port
+
+    path, listener = notify_socket
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "edge.main", "run", "--bind-source",
+         f"tcp://127.0.0.1:{free_port()}", "--publish", f"tcp://127.0.0.1:{free_port()}",
+         "--models", str(tiny_repo), "--threads", "1", "--log-format", "json"],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "600000"},
+    )  # fmt: skip
+    try:
+        assert listener.wait_for("READY", 60)["READY"] == "1"
+        assert listener.wait_for("WATCHDOG")["WATCHDOG"] == "1"
+        daemon.send_signal(signal.SIGHUP)
+        assert listener.wait_for("RELOADING")["RELOADING"] == "1"
+        assert "reloaded" in listener.wait_for("READY", 30)["STATUS"]
+        daemon.send_signal(signal.SIGTERM)
+        assert listener.wait_for("STOPPING", 30)["STOPPING"] == "1"
+        assert daemon.wait(30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
