@@ -108,3 +108,16 @@ def test_install_service_writes_unit_and_keeps_an_existing_config(tmp_path: Path
     assert config.read_text() == "# the plant's own\n"
     runner.invoke(app, ["install-service", "--root", str(tmp_path), "--force"])
     assert config.read_text() == EXAMPLE_CONFIG
+
+
+@pytest.mark.parametrize("command", ["install-service", "reload", "keygen"])
+def test_operations_commands_explain_themselves(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"], prog_name="edge")
+    assert result.exit_code == 0
+    assert "Usage: edge " + command in result.output
+
+
+def test_readme_lists_the_operations_commands() -> None:
+    readme = (REPO / "README.md").read_text()
+    for command in ("edge install-service", "edge reload", "edge keygen", "--metrics"):
+        assert command in readme, command
