@@ -62,6 +62,7 @@ class Server:
         self.cascade = cascade
         self._read_config = read_config
         self._reload_requested = threading.Event()
+        self._reloader: threading.Thread | None = None
         self._handover = Handover()
         self.should_exit = threading.Event()
         self.started = threading.Event()
@@ -191,10 +192,17 @@ class Server:
         while not self.should_exit.wait(0.2):
             if self.failure is not None:
                 break
-            if self._reload_requested.is_set():
+            if self._reload_requested.is_set() and not self.reloading:
+                # On its own thread: loading models can outlast WatchdogSec, and the pings
+                # must go on meanwhile. A SIGHUP during a reload runs once it is done.
                 self._reload_requested.clear()
-                self.reload()
+                self._reloader = threading.Thread(target=self.reload, name="reload", daemon=True)
+                self._reloader.start()
             heartbeat.tick(self.progressing(), self.config.status_interval_s)
+
+    @property
+    def reloading(self) -> bool:
+        return self._reloader is not None and self._reloader.is_alive()
 
     def reload(self) -> bool:
         """Swap in the re-read config and freshly loaded models, or keep serving the old ones."""
@@ -239,6 +247,8 @@ class Server:
             inference.join()
         for frame in self._queue.take_all():
             self._drop(frame, "shutdown")
+        if self._reloader is not None:
+            self._reloader.join(self.config.drain_timeout_s)
         self._handover.discard()
         self._outbox.put(STOP)
         publisher.join()

@@ -181,3 +181,28 @@ def test_edge_run_speaks_to_systemd_as_a_real_process(
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+def test_watchdog_pings_go_on_while_a_slow_reload_loads_models(
+    start_daemon: Any, notify_socket: tuple[str, NotifySocket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge.server
+
+    path, listener = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "300000")
+    daemon = start_daemon()
+    listener.wait_for("READY")
+    real_prepare = edge.server.prepare
+
+    def slow_prepare(*args: Any) -> Any:
+        time.sleep(1.5)  # a TensorRT engine can take far longer than WatchdogSec to load
+        return real_prepare(*args)
+
+    monkeypatch.setattr(edge.server, "prepare", slow_prepare)
+    daemon.server.handle_reload(1, None)  # what SIGHUP does
+    listener.wait_for("RELOADING")
+    during = listener.collect(1.0)
+    assert [m for m in during if "WATCHDOG" in m], "no watchdog ping while reloading"
+    assert not [m for m in during if "READY" in m]
+    assert "reloaded" in listener.wait_for("READY", 30)["STATUS"]
