@@ -296,16 +296,31 @@ def listen(
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     status: Annotated[bool, typer.Option(help="Also print the periodic status messages.")] = True,
+    curve_server_key: Annotated[
+        Path | None, typer.Option(help="CURVE: the daemon's public server.key.")
+    ] = None,
+    curve_client_key: Annotated[
+        Path | None, typer.Option(help="CURVE: this subscriber's .key_secret (authorized).")
+    ] = None,
 ) -> None:
     """Print the daemon's events, one line each."""
     from edge.listen import format_event, to_json_line
     from edge.listen import listen as listen_events
+    from edge.security import SecurityError
+
+    curve = None
+    if curve_server_key is not None and curve_client_key is not None:
+        curve = (curve_server_key, curve_client_key)
+    elif curve_server_key is not None or curve_client_key is not None:
+        raise fail("CURVE needs both --curve-server-key and --curve-client-key")
 
     def show(topic: str, body: dict) -> None:
         typer.echo(to_json_line(body) if json_lines else format_event(topic, body))
 
     try:
-        listen_events(source, show, count=count, status=status)
+        listen_events(source, show, count=count, status=status, curve=curve)
+    except SecurityError as err:
+        raise fail(str(err)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -195,3 +195,32 @@ def test_the_default_endpoints_are_localhost_only() -> None:
     config = load_config(None, sources=["tcp://127.0.0.1:1"])
     assert config.publish.startswith("tcp://127.0.0.1:")
     assert config.metrics is None
+
+
+def test_edge_listen_as_an_authorized_curve_client(
+    curve_daemon: Server, keys: Keys, context: zmq.Context
+) -> None:
+    result: list[Any] = []
+    args = ["listen", "--source", curve_daemon.publish_endpoint, "--json", "--count", "1",
+            "--curve-server-key", str(keys.public("server")),
+            "--curve-client-key", str(keys.secret("dashboard"))]  # fmt: skip
+    listener = threading.Thread(target=lambda: result.append(CliRunner().invoke(app, args)))
+    listener.start()
+    cam = camera(context, curve_daemon, keys, "cam1")
+    assert cam.poll(10000)
+    cam.recv()
+    for seq in range(50):  # until the listener is connected and has its one event
+        if not listener.is_alive():
+            break
+        cam.send_multipart(frame_parts("cam1", seq, gray_strip()))
+        listener.join(0.2)
+    listener.join(10)
+    assert result and result[0].exit_code == 0, result and result[0].output
+    assert '"kind":"result"' in result[0].output
+
+
+def test_edge_listen_needs_both_curve_keys(keys: Keys) -> None:
+    result = CliRunner().invoke(
+        app, ["listen", "--curve-server-key", str(keys.public("server")), "--count", "1"]
+    )
+    assert result.exit_code == 2 and "needs both" in result.output
