@@ -94,6 +94,8 @@ def run(
 
     Example: edge run --source tcp://cam1:5555 --source tcp://cam2:5555 --publish tcp://*:5556
     """
+    from zmq import ZMQError
+
     from edge.backends.base import BackendError
     from edge.config import ConfigError, load_config
     from edge.modelspec import ModelConfigError
@@ -128,7 +130,7 @@ def run(
         code = server.run()
     except (ModelConfigError, BackendError, SecurityError) as err:
         raise fail(str(err), 1) from None
-    except OSError as err:  # zmq.ZMQError is one: a port in use, a bad address
+    except (OSError, ZMQError) as err:  # a port in use, a bad address
         raise fail(f"cannot open sockets: {err}", 1) from None
     raise typer.Exit(code)
 

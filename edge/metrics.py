@@ -133,7 +133,10 @@ class HealthServer:
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._ready = ready
         self._metrics = metrics
-        self._httpd = make_server(host, port, self._app, _Server, handler_class=_QuietHandler)
+        try:
+            self._httpd = make_server(host, port, self._app, _Server, handler_class=_QuietHandler)
+        except OSError as err:
+            raise OSError(err.errno, f"metrics on {host}:{port}: {err.strerror}") from err
         self.address: tuple[str, int] = (host, self._httpd.server_port)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics"

@@ -131,19 +131,28 @@ class Server:
             )
             secure = self.curve.secure
         publisher = EventPublisher(self._context, cfg.publish, sndhwm=cfg.sndhwm, secure=secure)
+        try:
+            receiver = FrameReceiver(
+                self._context,
+                connect=cfg.sources,
+                bind=cfg.bind_sources,
+                rcvhwm=cfg.rcvhwm,
+                max_message_bytes=cfg.max_message_bytes,
+                secure=secure,
+            )
+            try:
+                if cfg.metrics_address is not None:
+                    self.health = HealthServer(*cfg.metrics_address, self.metrics, self.readiness)
+            except BaseException:
+                receiver.close()
+                raise
+        except BaseException:
+            publisher.close(linger_ms=0)  # an open socket would hang Context.term() in shutdown
+            raise
         self.publish_endpoint = publisher.endpoint
-        receiver = FrameReceiver(
-            self._context,
-            connect=cfg.sources,
-            bind=cfg.bind_sources,
-            rcvhwm=cfg.rcvhwm,
-            max_message_bytes=cfg.max_message_bytes,
-            secure=secure,
-        )
         self.bound_sources = receiver.bound
         self.metrics.serving(self.cascade.classifier.backend.name, self.cascade.model_ids)
-        if cfg.metrics_address is not None:
-            self.health = HealthServer(*cfg.metrics_address, self.metrics, self.readiness)
+        if self.health is not None:
             self.health.start()
         self._started_at = time.monotonic()
         self.last_progress = time.monotonic()
@@ -233,9 +242,11 @@ class Server:
 
     def shutdown(self) -> None:
         self.notifier.stopping()
-        if not self._threads:
+        if not self._threads:  # startup failed part-way
             self._close_context()
             self.notifier.close()
+            if self.health is not None:
+                self.health.close()
             return
         receiver, inference, publisher = self._threads[2], self._threads[1], self._threads[0]
         self._stop_receiving.set()

@@ -32,7 +32,12 @@ class EventPublisher:
         # PUB never blocks: past the high-water mark a slow subscriber loses messages, which it
         # can see from the per-camera seq in events; the daemon itself is never stalled.
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
-        self.socket.bind(endpoint)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError:
+            # An open socket would make Context.term() wait forever: the error must surface.
+            self.socket.close(linger=0)
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def send(self, topic: bytes, body: dict[str, Any]) -> None:

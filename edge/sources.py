@@ -35,9 +35,14 @@ class FrameReceiver:
         self.socket.setsockopt(zmq.LINGER, 0)
         # Everything is received, even topics that are not frame/: those become rejects.
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.bound = [self._bind(endpoint) for endpoint in bind]
-        for endpoint in connect:
-            self.socket.connect(endpoint)
+        try:
+            self.bound = [self._bind(endpoint) for endpoint in bind]
+            for endpoint in connect:
+                self.socket.connect(endpoint)
+        except zmq.ZMQError:
+            # An open socket would make Context.term() wait forever: the error must surface.
+            self.socket.close(linger=0)
+            raise
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
 

@@ -160,3 +160,27 @@ def test_camera_labels_are_bounded() -> None:
 def test_metrics_address_must_be_host_port(bad: str) -> None:
     with pytest.raises(ConfigError, match="metrics"):
         load_config(None, sources=["tcp://127.0.0.1:1"], metrics=bad)
+
+
+@pytest.mark.parametrize("which", ["--publish", "--metrics"])
+def test_a_port_in_use_is_named_and_the_daemon_exits(tiny_repo, which: str) -> None:
+    # Once hung for good in Context.term() when the publish port was taken.
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = {"--publish": "tcp://127.0.0.1:*", "--metrics": "127.0.0.1:0"}
+        args[which] = f"tcp://127.0.0.1:{port}" if which == "--publish" else f"127.0.0.1:{port}"
+        run = subprocess.run(
+            [sys.executable, "-m", "edge.main", "run", "--bind-source", "tcp://127.0.0.1:*",
+             "--models", str(tiny_repo), "--threads", "1",
+             *(x for pair in args.items() for x in pair)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "cannot open sockets" in run.stderr and "Address already in use" in run.stderr
+    assert str(port) in run.stderr
