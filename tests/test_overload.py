@@ -158,10 +158,16 @@ def test_a_subscriber_that_stops_reading_neither_stalls_nor_grows_the_daemon(
         # kernel's socket buffers could hide.
         bulk = "x" * 50_000
         sent = 400
+        # The reading subscriber reads all along (sndhwm applies to it too), on its own thread.
+        reader = threading.Thread(
+            target=daemon.subscriber.wait_for, args=(lambda ev: len(per_frame(ev)) >= sent, 120)
+        )
+        reader.start()
         for seq in range(sent):
             cam.send_multipart(frame_parts("cam1", seq, gray_strip(), bulk=bulk))
-        # The reading subscriber gets every event: the stuck one held nothing up.
-        events = per_frame(daemon.subscriber.wait_for(lambda ev: len(per_frame(ev)) >= sent, 120))
+        reader.join()
+        # It got every event: the stuck one held nothing up.
+        events = per_frame(daemon.subscriber.events)
         assert sorted(e["seq"] for e in events) == list(range(sent))
         assert daemon.server._outbox.qsize() == 0
         # The stuck one lost what did not fit its high-water marks: the daemon kept nothing
