@@ -25,7 +25,7 @@ from tests.test_server import frame_parts, per_frame
 # peak at a load it can serve (the models' working set, ONNX Runtime's arenas included, is
 # reached then). What the config allows on top: 2 cameras x rcvhwm 50 x 410 kB (41 MB) in
 # ZeroMQ, queue_size 16 + 2 pending batches of strips (~10 MB), and allocator slack.
-# Measured on the 2-core dev machine: +40 to +50 MB.
+# Measured on the 2-core dev machine: +80 MB (530 -> 610 MB).
 RSS_GROWTH_BOUND_MB = 150
 OVERLOAD_SECONDS = 5.0
 WARM_UP_BURSTS = 6
