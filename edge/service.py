@@ -72,6 +72,7 @@ RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 CapabilityBoundingSet=
 AmbientCapabilities=
 UMask=0027
+# No MemoryDenyWriteExecute: CUDA, TensorRT and ONNX Runtime generate code at run time.
 # Devices: nothing but the basics and the NVIDIA GPU (harmless where there is none).
 DevicePolicy=closed
 DeviceAllow=char-nvidia-frontend rw
