@@ -43,8 +43,22 @@ class Config(BaseModel):
         default_factory=list, description="endpoints to bind for cameras that connect"
     )
     publish: str = "tcp://127.0.0.1:5556"
-    rcvhwm: int = Field(1000, gt=0, description="frames ZeroMQ buffers per camera before it drops")
-    max_message_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    # ZeroMQ's buffers are what bounds memory before the work queue: per camera connection at
+    # most rcvhwm frames of at most max_message_bytes each (200 raw 256x1600 strips: 82 MB).
+    rcvhwm: int = Field(200, gt=0, description="frames ZeroMQ buffers per camera before it drops")
+    sndhwm: int = Field(
+        10000, gt=0, description="events ZeroMQ buffers per subscriber before that one loses some"
+    )
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="a camera sending a bigger message is disconnected"
+    )
+    # -- security (ZeroMQ CURVE; both or neither) --
+    curve_secret_key: Path | None = Field(
+        None, description="the daemon's secret certificate (from `edge keygen`); turns CURVE on"
+    )
+    curve_authorized_clients: Path | None = Field(
+        None, description="folder of public certificates of cameras and subscribers allowed in"
+    )
     # -- models and inference --
     models: Path = Field(default_factory=shipped_models)
     backend: BackendName = "onnxruntime"
@@ -62,6 +76,14 @@ class Config(BaseModel):
     overload: Literal["drop-oldest", "block"] = "drop-oldest"
     status_interval_s: float = Field(1.0, gt=0)
     drain_timeout_s: float = Field(10.0, gt=0)
+    stall_timeout_s: float = Field(
+        10.0, gt=0, description="inference loop silent this long: not ready, no watchdog ping"
+    )
+    pid_file: Path | None = Field(None, description="file to write the daemon's pid to")
+    # -- observability --
+    metrics: str | None = Field(
+        None, description="HOST:PORT for /metrics, /healthz and /readyz over HTTP; off if unset"
+    )
     daemon_id: str = Field(default_factory=socket.gethostname, min_length=1)
     # -- logging --
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -77,6 +99,27 @@ class Config(BaseModel):
     def _publish(cls, value: str) -> str:
         return _endpoint(value)
 
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_host_port(value)
+        return value
+
+    @field_validator("curve_secret_key")
+    @classmethod
+    def _secret_key(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a file (write one with `edge keygen DIR`)")
+        return value
+
+    @field_validator("curve_authorized_clients")
+    @classmethod
+    def _authorized(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a folder of public .key certificates")
+        return value
+
     @field_validator("models")
     @classmethod
     def _models_dir(cls, value: Path) -> Path:
@@ -90,7 +133,26 @@ class Config(BaseModel):
             raise ValueError(
                 "no cameras: give at least one source (--source) or bind_sources (--bind-source)"
             )
+        if (self.curve_secret_key is None) != (self.curve_authorized_clients is None):
+            raise ValueError(
+                "CURVE needs both curve_secret_key and curve_authorized_clients, or neither"
+            )
         return self
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics is None else parse_host_port(self.metrics)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6) -> (host, port); port 0 picks a free one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:9100")
+    return host.strip("[]"), int(port)
+
+
+_PATH_KEYS = ("models", "engines", "curve_secret_key", "curve_authorized_clients", "pid_file")
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> Config:
@@ -106,7 +168,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         base = path.parent
-        for key in ("models", "engines"):
+        for key in _PATH_KEYS:
             if key in data and isinstance(data[key], str):
                 # Relative paths in a config file mean relative to that file.
                 data[key] = str(base / os.path.expanduser(data[key]))

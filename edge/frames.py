@@ -27,6 +27,16 @@ def decode_pixels(header: FrameHeader, payload: memoryview) -> np.ndarray:
     if header.encoding == "raw":
         # A view over the message buffer: no copy on the hot path.
         return np.frombuffer(payload, dtype=np.uint8).reshape(header.shape)
+    height, width = encoded_size(header, payload)
+    if (height, width) != header.shape[:2]:
+        # Checked before decoding: a few bytes can claim 65535 x 65535 pixels (4 GB) and the
+        # decoder would allocate them all.
+        raise ProtocolError(
+            f"{header.encoding} image is {height}x{width} pixels but the header says "
+            f"{list(header.shape)}",
+            header.camera,
+            header.seq,
+        )
     encoded = np.frombuffer(payload, dtype=np.uint8)
     try:
         image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
@@ -59,3 +69,56 @@ def decode_pixels(header: FrameHeader, payload: memoryview) -> np.ndarray:
             header.seq,
         )
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def encoded_size(header: FrameHeader, payload: memoryview) -> tuple[int, int]:
+    """(height, width) from the image's own header, without decoding it.
+
+    Raises ProtocolError when the payload is not a whole image of ``header.encoding``.
+    """
+    data = bytes(payload[:65536])  # every marker before the size sits well inside this
+
+    def fail(reason: str) -> ProtocolError:
+        return ProtocolError(f"{header.encoding} image {reason}", header.camera, header.seq)
+
+    if header.encoding == "png":
+        if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+            raise fail(f"does not start like a PNG (first bytes {data[:8].hex()})")
+        if not bytes(payload[-8:]) == _PNG_END:
+            raise fail(f"is truncated: no IEND chunk at the end of its {payload.nbytes} bytes")
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if not data.startswith(b"\xff\xd8\xff"):
+        raise fail(f"does not start like a JPEG (first bytes {data[:4].hex()})")
+    if not bytes(payload).rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise fail(f"is truncated: no end-of-image marker in its {payload.nbytes} bytes")
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise fail(f"is corrupt: expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 9 > len(data):
+                break
+            return (
+                int.from_bytes(data[pos + 5 : pos + 7], "big"),
+                int.from_bytes(data[pos + 7 : pos + 9], "big"),
+            )
+        if length < 2:
+            raise fail(f"is corrupt: segment of length {length} at byte {pos}")
+        pos += 2 + length
+    raise fail("has no frame header (SOF) giving its size")

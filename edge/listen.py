@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from edge.protocol import EVENT_TOPIC_PREFIX, STATUS_TOPIC_PREFIX, ProtocolError, parse_event
+
+Curve = tuple[Path, Path]  # the daemon's public server.key, this client's .key_secret
 
 
 def format_event(topic: str, body: dict[str, Any]) -> str:
@@ -39,8 +42,15 @@ def format_event(topic: str, body: dict[str, Any]) -> str:
     return f"{topic} {body}"
 
 
-def subscribe(context: zmq.Context, source: str, *, status: bool = True) -> zmq.Socket:
+def subscribe(
+    context: zmq.Context, source: str, *, status: bool = True, curve: Curve | None = None
+) -> zmq.Socket:
+    """``curve``: (the daemon's public server.key, this client's .key_secret) for CURVE."""
     sock = context.socket(zmq.SUB)
+    if curve is not None:
+        from edge.security import make_client
+
+        make_client(sock, *curve)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC_PREFIX.encode())
     if status:
@@ -56,10 +66,11 @@ def listen(
     count: int | None = None,
     status: bool = True,
     stop: threading.Event | None = None,
+    curve: Curve | None = None,
 ) -> int:
     """Call ``on_event(topic, body)`` for each message until ``count`` events or ``stop``."""
     context = zmq.Context.instance()
-    sock = subscribe(context, source, status=status)
+    sock = subscribe(context, source, status=status, curve=curve)
     seen = 0
     try:
         while (count is None or seen < count) and not (stop and stop.is_set()):

@@ -92,44 +92,57 @@ def run(
     log_level: Annotated[
         str | None, typer.Option(help="debug | info | warning | error (default: info)")
     ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT to serve /metrics, /healthz, /readyz on. (default: off)"),
+    ] = None,
+    pid_file: Annotated[
+        Path | None, typer.Option(help="Write the pid here, for `edge reload`. (default: none)")
+    ] = None,
 ) -> None:
     """Run the inspection daemon: frames in from cameras, defect events out.
 
     Example: edge run --source tcp://cam1:5555 --source tcp://cam2:5555 --publish tcp://*:5556
     """
+    from zmq import ZMQError
+
     from edge.backends.base import BackendError
     from edge.config import ConfigError, load_config
     from edge.modelspec import ModelConfigError
+    from edge.security import SecurityError
     from edge.server import Server
 
+    overrides = dict(
+        sources=source,
+        bind_sources=bind_source,
+        publish=publish,
+        models=models,
+        backend=backend,
+        engines=engines,
+        rebuild_stale=rebuild_stale,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        overload=overload,
+        threads=threads,
+        daemon_id=daemon_id,
+        log_format=log_format,
+        log_level=log_level,
+        metrics=metrics,
+        pid_file=pid_file,
+    )
     try:
-        cfg = load_config(
-            config,
-            sources=source,
-            bind_sources=bind_source,
-            publish=publish,
-            models=models,
-            backend=backend,
-            engines=engines,
-            rebuild_stale=rebuild_stale,
-            max_batch=max_batch,
-            max_wait_ms=max_wait_ms,
-            queue_size=queue_size,
-            overload=overload,
-            threads=threads,
-            daemon_id=daemon_id,
-            log_format=log_format,
-            log_level=log_level,
-        )
+        cfg = load_config(config, **overrides)
     except ConfigError as err:
         raise fail(str(err)) from None
     configure(cfg.log_format, cfg.log_level)
-    server = Server(cfg)
+    # SIGHUP re-reads the same file with the same flags on top.
+    server = Server(cfg, read_config=lambda: load_config(config, **overrides))
     try:
         code = server.run()
-    except (ModelConfigError, BackendError) as err:
+    except (ModelConfigError, BackendError, SecurityError) as err:
         raise fail(str(err), 1) from None
-    except OSError as err:  # zmq.ZMQError is one: a port in use, a bad address
+    except (OSError, ZMQError) as err:  # a port in use, a bad address
         raise fail(f"cannot open sockets: {err}", 1) from None
     raise typer.Exit(code)
 
@@ -297,16 +310,31 @@ def listen(
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     status: Annotated[bool, typer.Option(help="Also print the periodic status messages.")] = True,
+    curve_server_key: Annotated[
+        Path | None, typer.Option(help="CURVE: the daemon's public server.key.")
+    ] = None,
+    curve_client_key: Annotated[
+        Path | None, typer.Option(help="CURVE: this subscriber's .key_secret (authorized).")
+    ] = None,
 ) -> None:
     """Print the daemon's events, one line each."""
     from edge.listen import format_event, to_json_line
     from edge.listen import listen as listen_events
+    from edge.security import SecurityError
+
+    curve = None
+    if curve_server_key is not None and curve_client_key is not None:
+        curve = (curve_server_key, curve_client_key)
+    elif curve_server_key is not None or curve_client_key is not None:
+        raise fail("CURVE needs both --curve-server-key and --curve-client-key")
 
     def show(topic: str, body: dict) -> None:
         typer.echo(to_json_line(body) if json_lines else format_event(topic, body))
 
     try:
-        listen_events(source, show, count=count, status=status)
+        listen_events(source, show, count=count, status=status, curve=curve)
+    except SecurityError as err:
+        raise fail(str(err)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -467,6 +495,72 @@ def doctor(
 
     configure("console" if sys.stderr.isatty() else "json", "warning")
     raise typer.Exit(run_doctor(models or shipped_models(), engines, batch=batch, echo=typer.echo))
+
+
+@app.command()
+def reload(
+    pid_file: Annotated[
+        Path, typer.Option(help="The pid file the daemon was started with (--pid-file).")
+    ],
+) -> None:
+    """Make a running daemon reload its config and models (SIGHUP); it keeps serving.
+
+    A bad new model or config is refused and logged by the daemon, which keeps the old ones.
+    Under systemd, `systemctl reload edge` does the same.
+    """
+    from edge.reload import ReloadError, signal_reload
+
+    try:
+        pid = signal_reload(pid_file)
+    except ReloadError as err:
+        raise fail(str(err), 1) from None
+    typer.echo(f"sent SIGHUP to edge daemon {pid}; its log says whether the reload succeeded")
+
+
+@app.command()
+def keygen(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the certificate files to.")],
+    name: Annotated[
+        str, typer.Option(help="Whose keys: 'server' for the daemon, or a camera/subscriber.")
+    ] = "server",
+) -> None:
+    """Write a CURVE keypair: NAME.key (public, to share) and NAME.key_secret (keep private).
+
+    The daemon uses server.key_secret (curve_secret_key); each camera or subscriber gets its
+    own pair, and its NAME.key is copied into the daemon's curve_authorized_clients folder.
+    """
+    from edge.security import SecurityError
+    from edge.security import keygen as write_keys
+
+    try:
+        public, secret = write_keys(folder, name)
+    except SecurityError as err:
+        raise fail(str(err), 1) from None
+    typer.echo(f"wrote {public} (public) and {secret} (secret, mode 0600)")
+
+
+@app.command("install-service")
+def install_service(
+    root: Annotated[
+        Path, typer.Option(help="Prefix to install under (a staging folder, or / for real).")
+    ] = Path("/"),
+    exec_start: Annotated[
+        str | None,
+        typer.Option(help="The edge executable the unit runs. (default: this installation's)"),
+    ] = None,
+    user: Annotated[str, typer.Option(help="System user the daemon runs as.")] = "edge",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing edge.toml.")] = False,
+) -> None:
+    """Write the systemd unit and an example /etc/edge/edge.toml (kept if it exists)."""
+    from edge.service import default_exec, install
+
+    done = install(root, exec_start=exec_start or default_exec(), user=user, force=force)
+    typer.echo(f"wrote {done.unit}")
+    typer.echo(f"{'wrote' if done.config_written else 'kept existing'} {done.config}")
+    typer.echo(
+        f"next: useradd --system --no-create-home {user}; edit {done.config}; "
+        "systemctl daemon-reload && systemctl enable --now edge"
+    )
 
 
 @app.command()

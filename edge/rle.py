@@ -44,9 +44,10 @@ def decode(rle: str, height: int, width: int) -> np.ndarray:
     starts, lengths = values[0::2] - 1, values[1::2]
     if (starts < 0).any() or (lengths < 1).any():
         raise ValueError("RLE starts must be >= 1 and lengths >= 1")
-    ends = starts + lengths
-    if (ends > flat.size).any():
+    # Compared apart, not as starts + lengths: near 2**63 that sum wraps around negative.
+    if (starts >= flat.size).any() or (lengths > flat.size - starts).any():
         raise ValueError(f"RLE runs past the end of a {height}x{width} mask")
+    ends = starts + lengths
     # A cumulative sum of +1/-1 at run edges marks covered pixels without a Python loop.
     marks = np.zeros(flat.size + 1, dtype=np.int32)
     np.add.at(marks, starts, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import zmq
 
 from edge.frames import Frame, decode_pixels
@@ -22,17 +24,25 @@ class FrameReceiver:
         bind: list[str],
         rcvhwm: int,
         max_message_bytes: int,
+        secure: Callable[[zmq.Socket], None] | None = None,
     ) -> None:
         self.socket = context.socket(zmq.SUB)
+        if secure is not None:
+            secure(self.socket)  # CURVE must be set before any bind or connect
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
         # A peer that sends more than this is disconnected before the message is buffered.
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.socket.setsockopt(zmq.LINGER, 0)
         # Everything is received, even topics that are not frame/: those become rejects.
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.bound = [self._bind(endpoint) for endpoint in bind]
-        for endpoint in connect:
-            self.socket.connect(endpoint)
+        try:
+            self.bound = [self._bind(endpoint) for endpoint in bind]
+            for endpoint in connect:
+                self.socket.connect(endpoint)
+        except zmq.ZMQError:
+            # An open socket would make Context.term() wait forever: the error must surface.
+            self.socket.close(linger=0)
+            raise
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
 

@@ -192,3 +192,38 @@ def test_real_severstal_labels_round_trip() -> None:
 def test_docs_show_the_same_example() -> None:
     doc = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
     assert '`"2 4 7 1 12 1"`' in doc.read_text()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.integers(-3, 300), st.integers(2**62, 2**64), st.integers(-(2**70), 2**70)),
+        max_size=12,
+    ),
+    st.integers(1, 16),
+    st.integers(1, 16),
+)
+def test_fuzz_decode_any_integers(values: list[int], height: int, width: int) -> None:
+    # Found by this test: runs near 2**63 used to wrap around and raise IndexError.
+    _decode_or_value_error(" ".join(map(str, values)), height, width)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.integers(1, 16), st.integers(1, 16))
+def test_fuzz_decode_any_text(text: str, height: int, width: int) -> None:
+    _decode_or_value_error(text, height, width)
+
+
+def _decode_or_value_error(text: str, height: int, width: int) -> None:
+    try:
+        mask = rle.decode(text, height, width)
+    except ValueError:
+        return
+    assert mask.shape == (height, width) and mask.dtype == bool
+    assert rle.decode(rle.encode(mask), height, width).tolist() == mask.tolist()
+
+
+def test_runs_that_would_overflow_64_bits_are_a_value_error() -> None:
+    for text in ("2 9223372036854775807", "9223372036854775807 9223372036854775807"):
+        with pytest.raises(ValueError, match="past the end"):
+            rle.decode(text, 3, 4)

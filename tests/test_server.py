@@ -117,9 +117,9 @@ def malformed_messages() -> list[tuple[str, list[bytes]]]:
         ("'dtype' must be one of", with_header(dtype="float32")),
         ("more than", with_header(shape=[100000, 100000])),
         ("payload size mismatch", [good[0], good[1], good[2][:-1]]),
-        ("undecodable png image", with_header(encoding="png")),
+        ("png image does not start like a PNG", with_header(encoding="png")),
         (
-            "decoded png image has shape",
+            "png image is 256x1600 pixels but the header says [10, 10]",
             [
                 good[0],
                 msgpack.packb({**header, "encoding": "png", "shape": [10, 10]}),

@@ -1,0 +1,147 @@
+"""Reloading a running daemon: what SIGHUP re-reads, and how ``edge reload`` finds the daemon.
+
+The daemon writes its pid to ``pid_file`` (``--pid-file``; under systemd ``systemctl reload edge``
+sends the SIGHUP itself). ``edge reload --pid-file PATH`` reads it, checks the process really is
+an edge daemon (a stale file must not signal whatever reused the pid) and sends SIGHUP.
+
+A reload builds a complete new configuration and model cascade beside the running one, self-test
+included; only when all of it is good does the server swap it in, between two batches. Anything
+wrong leaves the running daemon exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from edge.cascade import Cascade
+from edge.config import Config
+
+log = structlog.get_logger(__name__)
+
+# Keys bound to sockets and identity: changing them means a restart. A reload keeps the running
+# value and says so, rather than half-applying them.
+RESTART_KEYS = (
+    "sources",
+    "bind_sources",
+    "publish",
+    "rcvhwm",
+    "sndhwm",
+    "max_message_bytes",
+    "curve_secret_key",
+    "metrics",
+    "pid_file",
+    "daemon_id",
+)
+
+
+class ReloadError(RuntimeError):
+    """`edge reload` could not signal a daemon; the message says why."""
+
+
+@dataclass
+class Prepared:
+    config: Config
+    cascade: Cascade
+    needs_restart: list[str]
+
+
+def prepare(current: Config, read_config: Callable[[], Config] | None) -> Prepared:
+    """Read the new config and load and self-test its models; raises whatever is wrong.
+
+    Keys in RESTART_KEYS keep their running values (listed in ``needs_restart`` if changed).
+    """
+    new = read_config() if read_config is not None else current
+    changed = [key for key in RESTART_KEYS if getattr(new, key) != getattr(current, key)]
+    if changed:
+        new = new.model_copy(update={key: getattr(current, key) for key in changed})
+    return Prepared(new, load_cascade(new), changed)
+
+
+def load_cascade(cfg: Config) -> Cascade:
+    """The models a config names, loaded on its backend and self-tested."""
+    return Cascade.load(
+        cfg.models,
+        cfg.backend,
+        max_batch=cfg.max_batch,
+        threads=cfg.threads,
+        engines=cfg.engines,
+        rebuild_stale=cfg.rebuild_stale,
+    )
+
+
+def write_pid_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{os.getpid()}\n")
+    tmp.replace(path)  # never a half-written pid for `edge reload` to read
+
+
+def remove_pid_file(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():  # not a successor's
+            path.unlink()
+
+
+def signal_reload(pid_file: Path) -> int:
+    """Send SIGHUP to the daemon named in ``pid_file``; return its pid."""
+    try:
+        text = pid_file.read_text().strip()
+    except FileNotFoundError:
+        raise ReloadError(
+            f"no pid file at {pid_file}: is the daemon running with --pid-file {pid_file}?"
+        ) from None
+    except OSError as err:
+        raise ReloadError(f"cannot read pid file {pid_file}: {err}") from None
+    if not text.isdigit() or int(text) <= 1:
+        raise ReloadError(f"pid file {pid_file} does not hold a pid: {text[:40]!r}")
+    pid = int(text)
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        if cmdline.exists() and b"edge" not in cmdline.read_bytes():
+            raise ReloadError(
+                f"stale pid file {pid_file}: process {pid} is not an edge daemon; not signalled"
+            )
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise ReloadError(f"stale pid file {pid_file}: no process {pid}") from None
+    except PermissionError:
+        raise ReloadError(
+            f"not allowed to signal process {pid} (run as its user or root)"
+        ) from None
+    return pid
+
+
+class Handover:
+    """A reloaded cascade passed from the main thread to the inference thread, between batches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: Cascade | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self._waiting is not None
+
+    def offer(self, cascade: Cascade) -> None:
+        with self._lock:
+            superseded, self._waiting = self._waiting, cascade
+        if superseded is not None:  # two reloads in a row: the first never served
+            superseded.close()
+
+    def take(self) -> Cascade | None:
+        with self._lock:
+            cascade, self._waiting = self._waiting, None
+        return cascade
+
+    def discard(self) -> None:
+        cascade = self.take()
+        if cascade is not None:
+            cascade.close()

@@ -1,0 +1,115 @@
+"""ZeroMQ CURVE: encryption and authentication on both of the daemon's sockets.
+
+The daemon is the CURVE *server* on its camera socket and its publish socket alike, whichever
+side binds; cameras and subscribers are clients. Keys are the files ``edge keygen`` writes
+(``NAME.key`` public, ``NAME.key_secret`` secret, ZeroMQ's certificate format). The daemon
+needs its own secret certificate and a folder holding the public certificate of every camera
+and subscriber allowed in; anyone else fails the handshake and never gets a frame or event
+through. SIGHUP re-reads the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+log = structlog.get_logger(__name__)
+
+
+class SecurityError(ValueError):
+    """A key file or folder that cannot be used; the message names it."""
+
+
+def keygen(folder: Path, name: str) -> tuple[Path, Path]:
+    """Write ``folder/NAME.key`` (public) and ``folder/NAME.key_secret`` (owner-only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in (folder / f"{name}.key", folder / f"{name}.key_secret"):
+        if path.exists():
+            raise SecurityError(f"{path} exists; refusing to overwrite a key")
+    public, secret = zmq.auth.create_certificates(folder, name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
+
+
+def load_keypair(path: Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a ``.key_secret`` certificate."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as err:
+        raise SecurityError(f"cannot read CURVE certificate {path}: {err}") from None
+    if not secret:
+        raise SecurityError(
+            f"{path} holds no secret key: give the .key_secret file written by `edge keygen`"
+        )
+    return public, secret
+
+
+def load_public(path: Path) -> bytes:
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as err:
+        raise SecurityError(f"cannot read CURVE certificate {path}: {err}") from None
+    return public
+
+
+def make_client(socket: zmq.Socket, server_public: Path, client_secret: Path) -> None:
+    """Make ``socket`` (a camera's PUB or a subscriber's SUB) a CURVE client of the daemon."""
+    public, secret = load_keypair(client_secret)
+    socket.curve_publickey = public
+    socket.curve_secretkey = secret
+    socket.curve_serverkey = load_public(server_public)
+
+
+class CurveServer:
+    """The daemon's side: its keypair on each socket, and a ZAP handler that checks clients."""
+
+    def __init__(self, context: zmq.Context, secret_key: Path, authorized: Path) -> None:
+        self.public, self._secret = load_keypair(secret_key)
+        self.authorized = authorized
+        self._allowed = self._load_allowed()
+        self._auth = ThreadAuthenticator(context)
+        self._auth.start()
+        self._auth.configure_curve_callback("*", credentials_provider=self)
+
+    def _load_allowed(self) -> set[bytes]:
+        if not self.authorized.is_dir():
+            raise SecurityError(
+                f"curve_authorized_clients {str(self.authorized)!r} is not a folder"
+            )
+        try:
+            allowed = {key for key, ok in zmq.auth.load_certificates(self.authorized).items() if ok}
+        except (OSError, ValueError) as err:
+            raise SecurityError(f"cannot read certificates in {self.authorized}: {err}") from None
+        if not allowed:
+            log.warning("no authorized CURVE clients: every camera and subscriber is refused",
+                        folder=str(self.authorized))  # fmt: skip
+        return allowed
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        allowed = client_key in self._allowed
+        if not allowed:
+            log.warning(
+                "CURVE client refused: its public key is not in curve_authorized_clients",
+                client_key=client_key.decode(errors="replace"),
+                folder=str(self.authorized),
+            )
+        return allowed
+
+    def reload(self) -> None:
+        """Re-read the authorized folder (SIGHUP); a bad folder keeps the previous set."""
+        self._allowed = self._load_allowed()
+        log.info("CURVE authorized clients reloaded", clients=len(self._allowed))
+
+    def secure(self, socket: zmq.Socket) -> None:
+        """Make ``socket`` a CURVE server; call before bind/connect."""
+        socket.curve_secretkey = self._secret
+        socket.curve_publickey = self.public
+        socket.curve_server = True
+
+    def stop(self) -> None:
+        self._auth.stop()

@@ -1,0 +1,159 @@
+"""The systemd unit and example configuration, and ``edge install-service`` that writes them.
+
+The unit text lives here (not only in systemd/) so an installed package can write it; the copy
+in systemd/edge.service is this template rendered with the defaults, and a test keeps the two
+the same.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_EXEC = "/opt/edge/.venv/bin/edge"
+DEFAULT_CONFIG = "/etc/edge/edge.toml"
+DEFAULT_USER = "edge"
+
+UNIT_TEMPLATE = """\
+# edge: the steel-strip inspection daemon as a systemd service.
+# Install: edge install-service (see docs/operations.md), then
+#   systemctl daemon-reload && systemctl enable --now edge
+[Unit]
+Description=edge steel-strip surface inspection daemon
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+# READY=1 is sent once the models passed their self-test and every socket is bound.
+Type=notify
+NotifyAccess=main
+ExecStart={exec_start} run --config {config}
+# SIGHUP reloads models, thresholds and config atomically; a bad model is refused and the old
+# one keeps serving (see the journal for why).
+ExecReload=/bin/kill -HUP $MAINPID
+# The daemon pings only while its inference loop goes round: a hung model gets it restarted.
+WatchdogSec=30
+Restart=on-failure
+RestartSec=2
+# Loading models (or TensorRT engines) takes a while on a cold machine.
+TimeoutStartSec=180
+# SIGTERM drains frames in flight (drain_timeout_s, 10 s by default) and then exits 0.
+TimeoutStopSec=30
+KillMode=mixed
+User={user}
+Group={user}
+# The GPU (nvidia*, nvidia-uvm) is reached through the video group and the device list below.
+SupplementaryGroups=video
+Environment=PYTHONUNBUFFERED=1
+
+# Hardening: the daemon only reads its config and models and talks over the network.
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+# What it writes: its pid file and any ipc:// sockets, in /run/edge (created for it).
+RuntimeDirectory=edge
+RuntimeDirectoryMode=0750
+ReadWritePaths=/run/edge
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+CapabilityBoundingSet=
+AmbientCapabilities=
+UMask=0027
+# No MemoryDenyWriteExecute: CUDA, TensorRT and ONNX Runtime generate code at run time.
+# Devices: nothing but the basics and the NVIDIA GPU (harmless where there is none).
+DevicePolicy=closed
+DeviceAllow=char-nvidia-frontend rw
+DeviceAllow=char-nvidia-uvm rw
+DeviceAllow=char-nvidia-caps r
+DeviceAllow=/dev/nvidiactl rw
+DeviceAllow=/dev/nvidia-uvm rw
+DeviceAllow=/dev/nvidia-uvm-tools rw
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+EXAMPLE_CONFIG = """\
+# /etc/edge/edge.toml: the daemon's configuration (keys are the `edge run` options with
+# underscores). Relative paths are relative to this file. `systemctl reload edge` re-reads it.
+
+# Cameras the daemon connects to (or bind_sources = ["tcp://0.0.0.0:5555"] for cameras that
+# connect to it).
+sources = ["tcp://cam1:5555", "tcp://cam2:5555"]
+# Where subscribers (PLC bridges, dashboards) connect. Localhost unless you mean otherwise.
+publish = "tcp://127.0.0.1:5556"
+# models = "/opt/edge/models"     # default: the reference models shipped with the package
+
+# Load shedding: strips waiting for inference, then drop-oldest (each drop is an event).
+queue_size = 16
+overload = "drop-oldest"
+# ZeroMQ buffers per camera (frames) and per subscriber (events): they bound memory.
+rcvhwm = 200
+sndhwm = 10000
+max_message_bytes = 33554432      # 32 MiB: ZeroMQ disconnects a camera that sends more
+
+# Prometheus /metrics, /healthz and /readyz; keep it on localhost or a management network.
+metrics = "127.0.0.1:9108"
+stall_timeout_s = 10.0            # inference loop silent this long: /readyz 503, no watchdog
+drain_timeout_s = 10.0
+pid_file = "/run/edge/edge.pid"   # for `edge reload --pid-file`
+log_format = "json"
+
+# CURVE encryption and authentication for both sockets (keys from `edge keygen`):
+# curve_secret_key = "/etc/edge/keys/server.key_secret"
+# curve_authorized_clients = "/etc/edge/keys/authorized"
+"""
+
+
+@dataclass(frozen=True)
+class Installed:
+    unit: Path
+    config: Path
+    config_written: bool
+
+
+def render_unit(
+    exec_start: str = DEFAULT_EXEC, config: str = DEFAULT_CONFIG, user: str = DEFAULT_USER
+) -> str:
+    return UNIT_TEMPLATE.format(exec_start=exec_start, config=config, user=user)
+
+
+def default_exec() -> str:
+    """The ``edge`` next to this interpreter (the venv it is installed in), if there is one."""
+    candidate = Path(sys.executable).parent / "edge"
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("edge")
+    return found or DEFAULT_EXEC
+
+
+def install(
+    root: Path, *, exec_start: str, user: str = DEFAULT_USER, force: bool = False
+) -> Installed:
+    """Write the unit and, unless one exists (or ``force``), the example config under ``root``.
+
+    An existing config is never overwritten without ``force``: it is the plant's.
+    """
+    unit = root / "etc/systemd/system/edge.service"
+    config = root / DEFAULT_CONFIG.lstrip("/")
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(render_unit(exec_start, DEFAULT_CONFIG, user))
+    written = force or not config.exists()
+    if written:
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(EXAMPLE_CONFIG)
+    return Installed(unit, config, written)

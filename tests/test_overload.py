@@ -1,0 +1,199 @@
+"""Overload and slow consumers, on a real daemon process: memory stays bounded, every frame
+received is accounted for, and a subscriber that stops reading never holds the daemon up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from edge.protocol import parse_event
+from tests.conftest import gray_strip
+from tests.test_cli import free_port
+from tests.test_server import frame_parts, per_frame
+
+# Stated bound: at 10x its throughput the daemon's peak RSS grows by less than this over its
+# peak at a load it can serve (the models' working set, ONNX Runtime's arenas included, is
+# reached then). What the config allows on top: 2 cameras x rcvhwm 50 x 410 kB (41 MB) in
+# ZeroMQ, queue_size 16 + 2 pending batches of strips (~10 MB), and allocator slack.
+# Measured on the 2-core dev machine: +80 MB (530 -> 610 MB).
+RSS_GROWTH_BOUND_MB = 150
+OVERLOAD_SECONDS = 5.0
+WARM_UP_BURSTS = 6
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for RSS")
+def test_ten_times_overload_keeps_memory_bounded_and_accounts_for_every_frame(
+    tiny_repo: Path,
+) -> None:
+    source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-overload-{os.getpid()}.toml"
+    config.write_text("rcvhwm = 50\nsndhwm = 100000\nstatus_interval_s = 0.5\n")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "edge.main", "run", "--config", str(config), "--bind-source",
+         source, "--publish", publish, "--models", str(tiny_repo), "--threads", "1",
+         "--queue-size", "16", "--log-format", "json", "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    events: list[dict[str, Any]] = []
+    statuses: list[dict[str, Any]] = []
+    stop_listening = threading.Event()
+
+    def listen() -> None:
+        while not stop_listening.is_set():
+            if sub.poll(50):
+                topic, body = parse_event(sub.recv_multipart())
+                (statuses if topic.startswith("status/") else events).append(body)
+
+    busy = gray_strip()
+    busy[::7, ::7] = 0  # every tile is flagged and segmented: the slowest path
+    cams = {name: context.socket(zmq.XPUB) for name in ("cam1", "cam2")}
+    sent = dict.fromkeys(cams, 0)
+    listener = threading.Thread(target=listen)
+    try:
+        sub.connect(publish)
+        assert sub.poll(60000), "daemon did not start"
+        listener.start()
+        for sock in cams.values():
+            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(source)
+            assert sock.poll(10000)
+            sock.recv()
+        # Warm up with full batches the daemon can serve, so the models' working set at
+        # max_batch is reached first: that is the daemon's size, not an effect of overload.
+        deadline = time.monotonic() + 60
+        for burst in range(WARM_UP_BURSTS):
+            for name, sock in cams.items():
+                for _ in range(2):
+                    sock.send_multipart(frame_parts(name, sent[name], busy))
+                    sent[name] += 1
+            while len(per_frame(events)) < 4 * (burst + 1):
+                assert time.monotonic() < deadline, "warm-up frames were not served"
+                time.sleep(0.02)
+        served_mb = rss_mb(daemon.pid, "VmHWM")
+        start = time.monotonic()
+        while time.monotonic() - start < OVERLOAD_SECONDS:
+            for name, sock in cams.items():
+                try:
+                    sock.send_multipart(frame_parts(name, sent[name], busy), zmq.NOBLOCK)
+                except zmq.Again:
+                    continue  # our own buffer is full: not sent, so not counted
+                sent[name] += 1
+        elapsed = time.monotonic() - start
+        peak_mb = rss_mb(daemon.pid, "VmHWM")
+        time.sleep(0.5)
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=60)
+        time.sleep(0.5)
+    finally:
+        stop_listening.set()
+        if listener.is_alive():
+            listener.join()
+        if daemon.poll() is None:
+            daemon.kill()
+        for sock in [*cams.values(), sub]:
+            sock.close(0)
+        context.term()
+        config.unlink()
+    assert daemon.returncode == 0, stderr[-2000:]
+    final = statuses[-1]["cameras"]
+    results = sum(final[c]["results"] for c in cams) - 4 * WARM_UP_BURSTS
+    offered = (sum(sent.values()) - 4 * WARM_UP_BURSTS) / elapsed
+    served = results / elapsed
+    print(
+        f"offered {offered:.0f} strips/s, served {served:.1f} strips/s "
+        f"({offered / max(served, 1e-9):.0f}x); peak RSS served {served_mb:.0f} MB, "
+        f"overloaded {peak_mb:.0f} MB"
+    )
+    assert offered >= 10 * served, "the test did not overload the daemon 10x"
+    assert peak_mb - served_mb < RSS_GROWTH_BOUND_MB
+    frames = per_frame(events)
+    for name in cams:
+        counts = final[name]
+        assert counts["received"] == counts["results"] + counts["rejects"] + counts["drops"]
+        assert counts["drops"] > 0
+        mine = [e for e in frames if e["camera"] == name]
+        # Exactly one event per received frame, as published.
+        assert len(mine) == len({e["seq"] for e in mine}) == counts["received"]
+        # What ZeroMQ shed at its high-water mark shows up as gaps, never silently.
+        assert counts["received"] + counts["missing"] <= sent[name]
+
+
+def test_a_subscriber_that_stops_reading_neither_stalls_nor_grows_the_daemon(
+    start_daemon, camera_socket
+) -> None:
+    daemon = start_daemon(sndhwm=20, queue_size=512)
+    stuck = zmq.Context.instance().socket(zmq.SUB)
+    stuck.setsockopt(zmq.RCVHWM, 1)
+    stuck.setsockopt(zmq.RCVBUF, 4096)
+    stuck.setsockopt(zmq.SUBSCRIBE, b"")
+    stuck.setsockopt(zmq.LINGER, 0)
+    stuck.connect(daemon.server.publish_endpoint)
+    try:
+        assert stuck.poll(5000), "the stuck subscriber never got a status"  # connected
+        cam = camera_socket(daemon.source)
+        # Results echo the frame's meta: 50 kB each makes 20 MB of events, more than the
+        # kernel's socket buffers could hide.
+        bulk = "x" * 50_000
+        sent = 400
+        # The reading subscriber reads all along (sndhwm applies to it too), on its own thread.
+        reader = threading.Thread(
+            target=daemon.subscriber.wait_for, args=(lambda ev: len(per_frame(ev)) >= sent, 120)
+        )
+        reader.start()
+        for seq in range(sent):
+            cam.send_multipart(frame_parts("cam1", seq, gray_strip(), bulk=bulk))
+        reader.join()
+        # It got every event: the stuck one held nothing up.
+        events = per_frame(daemon.subscriber.events)
+        assert sorted(e["seq"] for e in events) == list(range(sent))
+        assert daemon.server._outbox.qsize() == 0
+        # The stuck one lost what did not fit its high-water marks: the daemon kept nothing
+        # for it beyond them.
+        got = 0
+        while stuck.poll(200):
+            stuck.recv_multipart()
+            got += 1
+        assert got < sent / 2, f"the stuck subscriber was buffered {got} messages"
+    finally:
+        stuck.close(0)
+
+
+def test_a_message_over_max_message_bytes_is_refused_by_zeromq(start_daemon, camera_socket) -> None:
+    daemon = start_daemon(max_message_bytes=1_000_000)
+    cam = camera_socket(daemon.source)
+    big = np.zeros((256, 1600, 3), np.uint8)  # 1.2 MB raw: over the limit
+    cam.send_multipart(frame_parts("cam1", 0, big))
+    # ZeroMQ drops the connection without buffering the message; the camera reconnects.
+    deadline = time.monotonic() + 20
+    seq = 1
+    while not per_frame(daemon.subscriber.events):
+        assert time.monotonic() < deadline, "the daemon stopped serving after a huge message"
+        cam.send_multipart(frame_parts("cam1", seq, gray_strip()))
+        seq += 1
+        daemon.subscriber.pump(0.2)
+    assert all(e["seq"] != 0 for e in daemon.subscriber.events if "seq" in e)
+    counts = daemon.server.ledger.snapshot()["cam1"]
+    assert counts["received"] == counts["results"] + counts["rejects"] + counts["drops"] >= 1

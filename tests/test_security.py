@@ -1,0 +1,226 @@
+"""CURVE on both sockets: authorized cameras and subscribers work, anyone else is refused."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from typer.testing import CliRunner
+
+from edge.config import ConfigError, load_config
+from edge.main import app
+from edge.protocol import parse_event
+from edge.security import SecurityError, keygen, make_client
+from edge.server import Server
+from tests.conftest import gray_strip
+from tests.test_server import frame_parts
+
+
+@dataclass
+class Keys:
+    folder: Path
+    authorized: Path
+
+    def public(self, name: str) -> Path:
+        return self.folder / f"{name}.key"
+
+    def secret(self, name: str) -> Path:
+        return self.folder / f"{name}.key_secret"
+
+    def authorize(self, name: str) -> None:
+        shutil.copy(self.public(name), self.authorized)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    folder = tmp_path / "keys"
+    for name in ("server", "cam1", "dashboard", "intruder", "latecomer"):
+        keygen(folder, name)
+    found = Keys(folder, tmp_path / "authorized")
+    found.authorized.mkdir()
+    found.authorize("cam1")
+    found.authorize("dashboard")
+    return found
+
+
+@pytest.fixture
+def curve_daemon(keys: Keys, tiny_repo: Path) -> Iterator[Server]:
+    config = load_config(
+        None,
+        bind_sources=["tcp://127.0.0.1:*"],
+        publish="tcp://127.0.0.1:*",
+        models=tiny_repo,
+        threads=1,
+        status_interval_s=0.1,
+        curve_secret_key=keys.secret("server"),
+        curve_authorized_clients=keys.authorized,
+    )
+    server = Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert server.started.wait(30)
+    yield server
+    server.should_exit.set()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context]:
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def subscriber(ctx: zmq.Context, server: Server, keys: Keys, name: str | None) -> zmq.Socket:
+    sock = ctx.socket(zmq.SUB)
+    if name is not None:
+        make_client(sock, keys.public("server"), keys.secret(name))
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(server.publish_endpoint)
+    return sock
+
+
+def camera(ctx: zmq.Context, server: Server, keys: Keys, name: str | None) -> zmq.Socket:
+    sock = ctx.socket(zmq.XPUB)
+    if name is not None:
+        make_client(sock, keys.public("server"), keys.secret(name))
+    sock.connect(server.bound_sources[0])
+    return sock
+
+
+def test_authorized_camera_and_subscriber_work(
+    curve_daemon: Server, keys: Keys, context: zmq.Context
+) -> None:
+    sub = subscriber(context, curve_daemon, keys, "dashboard")
+    assert sub.poll(10000), "an authorized subscriber got nothing"
+    cam = camera(context, curve_daemon, keys, "cam1")
+    assert cam.poll(10000), "the daemon never subscribed to an authorized camera"
+    cam.recv()
+    cam.send_multipart(frame_parts("cam1", 0, gray_strip()))
+    events: list[dict[str, Any]] = []
+    while not events and sub.poll(10000):
+        topic, body = parse_event(sub.recv_multipart())
+        if topic.startswith("event/"):
+            events.append(body)
+    assert [(e["kind"], e["camera"], e["seq"]) for e in events] == [("result", "cam1", 0)]
+
+
+@pytest.mark.parametrize("who", ["intruder", None], ids=["unknown key", "no CURVE"])
+def test_an_unauthorized_subscriber_is_refused(
+    curve_daemon: Server, keys: Keys, context: zmq.Context, who: str | None, capsys
+) -> None:
+    control = subscriber(context, curve_daemon, keys, "dashboard")
+    assert control.poll(10000)
+    refused = subscriber(context, curve_daemon, keys, who)
+    assert not refused.poll(2000), "an unauthorized subscriber received daemon messages"
+    if who is not None:
+        captured = capsys.readouterr()
+        assert "CURVE client refused" in captured.out + captured.err
+
+
+@pytest.mark.parametrize("who", ["intruder", None], ids=["unknown key", "no CURVE"])
+def test_an_unauthorized_camera_is_refused(
+    curve_daemon: Server, keys: Keys, context: zmq.Context, who: str | None
+) -> None:
+    cam = camera(context, curve_daemon, keys, who)
+    assert not cam.poll(2000), "the daemon subscribed to an unauthorized camera"
+    for seq in range(5):
+        cam.send_multipart(frame_parts("cam1", seq, gray_strip()))
+    good = camera(context, curve_daemon, keys, "cam1")
+    assert good.poll(10000)
+    assert curve_daemon.ledger.snapshot() == {}, "frames from an unauthorized camera got in"
+
+
+def test_sighup_reload_reads_newly_authorized_clients(
+    curve_daemon: Server, keys: Keys, context: zmq.Context
+) -> None:
+    assert not subscriber(context, curve_daemon, keys, "latecomer").poll(1500)
+    keys.authorize("latecomer")
+    assert curve_daemon.reload()
+    assert subscriber(context, curve_daemon, keys, "latecomer").poll(10000)
+
+
+def test_keygen_command_writes_a_private_secret_and_never_overwrites(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["keygen", str(tmp_path / "k"), "--name", "cam7"])
+    assert result.exit_code == 0, result.output
+    secret = tmp_path / "k" / "cam7.key_secret"
+    assert (tmp_path / "k" / "cam7.key").is_file()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    before = secret.read_bytes()
+    again = runner.invoke(app, ["keygen", str(tmp_path / "k"), "--name", "cam7"])
+    assert again.exit_code == 1 and "refusing to overwrite" in again.output
+    assert secret.read_bytes() == before
+
+
+def test_curve_config_is_checked_before_start(keys: Keys, tiny_repo: Path) -> None:
+    base = {"sources": ["tcp://127.0.0.1:1"], "models": tiny_repo}
+    with pytest.raises(ConfigError, match="both curve_secret_key and curve_authorized_clients"):
+        load_config(None, **base, curve_secret_key=keys.secret("server"))
+    with pytest.raises(ConfigError, match=r"curve_secret_key.*is not a file"):
+        load_config(
+            None,
+            **base,
+            curve_secret_key=keys.folder / "missing",
+            curve_authorized_clients=keys.authorized,
+        )
+
+
+def test_a_public_key_given_as_the_secret_is_named(keys: Keys, tiny_repo: Path) -> None:
+    config = load_config(
+        None,
+        bind_sources=["tcp://127.0.0.1:*"],
+        publish="tcp://127.0.0.1:*",
+        models=tiny_repo,
+        curve_secret_key=keys.public("server"),
+        curve_authorized_clients=keys.authorized,
+    )
+    server = Server(config)
+    try:
+        with pytest.raises(SecurityError, match=r"server\.key holds no secret key"):
+            server.startup()
+    finally:
+        server.shutdown()
+
+
+def test_the_default_endpoints_are_localhost_only() -> None:
+    config = load_config(None, sources=["tcp://127.0.0.1:1"])
+    assert config.publish.startswith("tcp://127.0.0.1:")
+    assert config.metrics is None
+
+
+def test_edge_listen_as_an_authorized_curve_client(
+    curve_daemon: Server, keys: Keys, context: zmq.Context
+) -> None:
+    result: list[Any] = []
+    args = ["listen", "--source", curve_daemon.publish_endpoint, "--json", "--count", "1",
+            "--curve-server-key", str(keys.public("server")),
+            "--curve-client-key", str(keys.secret("dashboard"))]  # fmt: skip
+    listener = threading.Thread(target=lambda: result.append(CliRunner().invoke(app, args)))
+    listener.start()
+    cam = camera(context, curve_daemon, keys, "cam1")
+    assert cam.poll(10000)
+    cam.recv()
+    for seq in range(50):  # until the listener is connected and has its one event
+        if not listener.is_alive():
+            break
+        cam.send_multipart(frame_parts("cam1", seq, gray_strip()))
+        listener.join(0.2)
+    listener.join(10)
+    assert result and result[0].exit_code == 0, result and result[0].output
+    assert '"kind":"result"' in result[0].output
+
+
+def test_edge_listen_needs_both_curve_keys(keys: Keys) -> None:
+    result = CliRunner().invoke(
+        app, ["listen", "--curve-server-key", str(keys.public("server")), "--count", "1"]
+    )
+    assert result.exit_code == 2 and "needs both" in result.output
