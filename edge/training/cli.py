@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 train_app = typer.Typer(
-    help="Train a reference model from scratch on CPU (needs: pip install 'edge[train]').",
+    help="Train a reference model from scratch on CPU (needs the 'train' extra: torch).",
     no_args_is_help=True,
 )
 
