@@ -1,9 +1,12 @@
-"""The build command's body, shared by ``python -m build_engine`` and ``edge build``."""
+"""The build command, shared by ``python -m build_engine`` and ``edge build``."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from build_engine.build import BuildError, BuildOptions, build_model, find_models, require_tensorrt
 from build_engine.fp16 import Fp16Error
@@ -30,3 +33,33 @@ def run_build(paths: list[Path], out: Path, options: BuildOptions) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def build(
+    models: Annotated[
+        list[Path],
+        typer.Argument(help="Model repository, model folders, or their model.onnx files."),
+    ],
+    out: Annotated[Path, typer.Option(help="Engine folder to write.")] = Path("engines"),
+    fp16: Annotated[bool, typer.Option("--fp16/--fp32", help="Engine precision.")] = True,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engine runs.")] = 32,
+    opt_batch: Annotated[
+        int | None, typer.Option(min=1, help="Batch TensorRT tunes for. (default: max)")
+    ] = None,
+    workspace_mib: Annotated[int, typer.Option(min=16, help="Builder workspace (MiB).")] = 4096,
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="Timing cache to reuse. (default: <out>/timing.cache)")
+    ] = None,
+) -> None:
+    """Build FP16 TensorRT engines (with JSON sidecars) from ONNX models.
+
+    Example: edge build models/ --out engines/ --max-batch 32
+    """
+    options = BuildOptions(
+        fp16=fp16,
+        max_batch=max_batch,
+        opt_batch=opt_batch,
+        workspace_mib=workspace_mib,
+        timing_cache=timing_cache,
+    )
+    raise typer.Exit(run_build(models, out, options))

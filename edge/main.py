@@ -178,13 +178,13 @@ def _register_commands() -> None:
     from edge.gpu_commands import build, doctor
     from edge.line_commands import camera, listen, record, replay
     from edge.ops_commands import install_service, keygen, reload
-    from edge.training.cli import train_app
+    from edge.training.cli import train
     from edge.training.eval_cli import eval_command, tune_command
 
     for command in (camera, record, replay, listen, bench, build, doctor, reload, keygen):
         app.command()(command)
     app.command("install-service")(install_service)
-    app.add_typer(train_app, name="train")
+    app.command()(train)
     app.command("eval")(eval_command)
     app.command("tune")(tune_command)
     app.command()(version)

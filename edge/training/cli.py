@@ -8,15 +8,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-train_app = typer.Typer(
-    help="Train a reference model from scratch on CPU (needs the 'train' extra: torch).",
-    no_args_is_help=True,
-)
 
 Data = Annotated[
     Path | None,
@@ -122,7 +118,24 @@ def _train(role: str, params: dict[str, object], **kwargs: object) -> None:
     )
 
 
-def _common(
+class Role(StrEnum):
+    classifier = "classifier"
+    segmenter = "segmenter"
+
+
+# Per role: (batch, crop). The classifier sees whole tiles, as it will when serving; the
+# segmenter is fully convolutional and learns as well from 128 px crops at a quarter the cost.
+ROLE_DEFAULTS = {Role.classifier: (32, 256), Role.segmenter: (16, 128)}
+
+
+def train(
+    role: Annotated[
+        Role,
+        typer.Argument(
+            help="classifier: multilabel tile classifier (4 sigmoid outputs), binary focal loss. "
+            "segmenter: residual-encoder U-Net (4 sigmoid mask channels), BCE + Dice loss."
+        ),
+    ],
     data: Data = None,
     labels: Labels = None,
     image_labels: ImageLabels = None,
@@ -132,7 +145,10 @@ def _common(
     ),
     synthetic: Annotated[int, typer.Option(help="Generated strips added to the real ones.")] = 0,
     steps: Annotated[int, typer.Option(min=1)] = 2000,
-    batch: Annotated[int, typer.Option(min=1)] = 32,
+    batch: Annotated[
+        int | None,
+        typer.Option(min=1, help="Crops per step. (default: 32 classifier, 16 segmenter)"),
+    ] = None,
     lr: Annotated[float, typer.Option(min=0)] = 2e-3,
     seed: int = 0,
     threads: Annotated[int, typer.Option(help="Torch threads; 0 = all cores.")] = 0,
@@ -140,83 +156,40 @@ def _common(
         float, typer.Option(min=0, max=1, help="Share of crops from real images.")
     ] = 0.5,
     checkpoint_every: Annotated[int, typer.Option(min=1)] = 100,
-    fresh: Annotated[
-        bool, typer.Option(help="Ignore a checkpoint of an earlier run and start over.")
-    ] = False,
-    version: Annotated[int | None, typer.Option(help="Version folder (default: next).")] = None,
-) -> dict[str, object]:
-    return {
-        "data": data,
-        "labels": labels,
-        "image_level": image_labels,
-        "holdout": read_holdout(holdout),
-        "out": out,
-        "synthetic": synthetic,
-        "steps": steps,
-        "batch": batch,
-        "lr": lr,
-        "seed": seed,
-        "threads": threads,
-        "real_weight": real_weight,
-        "checkpoint_every": checkpoint_every,
-        "fresh": fresh,
-        "version": version,
-    }
-
-
-@train_app.command("classifier")
-def train_classifier(
-    data: Data = None,
-    labels: Labels = None,
-    image_labels: ImageLabels = None,
-    holdout: Holdout = None,
-    out: Annotated[Path, typer.Option(help="Model repository to add a version to.")] = Path(
-        "models"
-    ),
-    synthetic: Annotated[int, typer.Option(help="Generated strips added to the real ones.")] = 0,
-    steps: Annotated[int, typer.Option(min=1)] = 2000,
-    batch: Annotated[int, typer.Option(min=1)] = 32,
-    lr: Annotated[float, typer.Option(min=0)] = 2e-3,
-    seed: int = 0,
-    threads: Annotated[int, typer.Option(help="Torch threads; 0 = all cores.")] = 0,
-    real_weight: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
-    checkpoint_every: Annotated[int, typer.Option(min=1)] = 100,
-    fresh: Annotated[bool, typer.Option(help="Start over, ignoring a checkpoint.")] = False,
-    version: Annotated[int | None, typer.Option(help="Version folder (default: next).")] = None,
-) -> None:
-    """Multilabel tile classifier (4 sigmoid outputs), binary focal loss, 256 px tiles."""
-    params = dict(locals())
-    _train("classifier", params, crop=256, **_common(**params))
-
-
-@train_app.command("segmenter")
-def train_segmenter(
-    data: Data = None,
-    labels: Labels = None,
-    image_labels: ImageLabels = None,
-    holdout: Holdout = None,
-    out: Annotated[Path, typer.Option(help="Model repository to add a version to.")] = Path(
-        "models"
-    ),
-    synthetic: Annotated[int, typer.Option(help="Generated strips added to the real ones.")] = 0,
-    steps: Annotated[int, typer.Option(min=1)] = 2000,
-    batch: Annotated[int, typer.Option(min=1)] = 16,
-    lr: Annotated[float, typer.Option(min=0)] = 2e-3,
-    seed: int = 0,
-    threads: Annotated[int, typer.Option(help="Torch threads; 0 = all cores.")] = 0,
-    real_weight: Annotated[float, typer.Option(min=0, max=1)] = 0.5,
-    checkpoint_every: Annotated[int, typer.Option(min=1)] = 100,
     fresh: Annotated[bool, typer.Option(help="Start over, ignoring a checkpoint.")] = False,
     version: Annotated[int | None, typer.Option(help="Version folder (default: next).")] = None,
     crop: Annotated[
-        int, typer.Option(min=32, help="Training crop size (the net is fully convolutional).")
-    ] = 128,
+        int | None,
+        typer.Option(
+            min=32, help="Training crop size in px. (default: 256 classifier, 128 segmenter)"
+        ),
+    ] = None,
 ) -> None:
-    """Residual-encoder U-Net (4 sigmoid mask channels), BCE + Dice loss, on tile crops."""
-    params = dict(locals())
-    args = dict(params)
-    crop_size = args.pop("crop")
-    _train("segmenter", params, crop=crop_size, **_common(**args))
+    """Train a reference model from scratch on CPU; resumable (needs the 'train' extra)."""
+    params = {k: v for k, v in locals().items() if k != "role"}
+    default_batch, default_crop = ROLE_DEFAULTS[role]
+    batch, crop = batch or default_batch, crop or default_crop
+    params.update(batch=batch, crop=crop)  # the record spells out what was used
+    _train(
+        role.value,
+        params,
+        data=data,
+        labels=labels,
+        image_level=image_labels,
+        holdout=read_holdout(holdout),
+        out=out,
+        synthetic=synthetic,
+        steps=steps,
+        batch=batch,
+        crop=crop,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+        real_weight=real_weight,
+        checkpoint_every=checkpoint_every,
+        fresh=fresh,
+        version=version,
+    )
 
 
 def dumps(data: object) -> str:
