@@ -583,3 +583,12 @@ def _register_model_tools() -> None:
 
 
 _register_model_tools()
+
+
+def _register_bridges() -> None:
+    from edge.bridges.cli import bridge_app
+
+    app.add_typer(bridge_app, name="bridge")
+
+
+_register_bridges()
