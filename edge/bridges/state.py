@@ -156,7 +156,13 @@ def _largest_defect(body: dict[str, Any]) -> Defect | None:
             area, x_px, w_px = int(d.get("area_px", 0)), 0, 0
         if best is None or area > best.area_px:
             best = Defect(
-                area, int(d["class_id"]), str(d.get("name", "")), x_px, w_px, width, body["seq"]
+                area,
+                int(d["class_id"]),
+                str(d.get("name", "")),
+                x_px,
+                w_px,
+                width,
+                int(body["seq"]),
             )
     return best
 
@@ -256,13 +262,16 @@ class BridgeState:
         return cam
 
     def _result(self, cam: CameraState, body: dict[str, Any], now: float) -> DefectNotice | None:
+        # Everything that can fail on a malformed event is read before anything changes.
+        defects = body.get("defects") or []
+        ids = [int(d["class_id"]) for d in defects]
+        largest = _largest_defect(body)
+        seq = int(body["seq"]) if defects else 0
+        mask = class_mask(ids)
         cam.frames += 1
         shape = body.get("shape") or []
         if len(shape) > 1:
             cam.frame_width_px = int(shape[1])
-        defects = body.get("defects") or []
-        ids = [int(d["class_id"]) for d in defects]
-        mask = class_mask(ids)
         cam.last_mask = mask
         cam.last_defective = bool(defects)
         if not defects:
@@ -273,10 +282,9 @@ class BridgeState:
                 cam.class_counts[class_id - 1] += 1
         if not cam.latched:
             cam.latched = True
-            cam.latched_seq = body["seq"]
+            cam.latched_seq = seq
         cam.latched_mask |= mask
         cam.last_defect_at = now
-        largest = _largest_defect(body)
         if largest is not None and (cam.largest is None or largest.area_px > cam.largest.area_px):
             cam.largest = largest
         names = tuple(str(d.get("name", "")) for d in defects)
