@@ -104,7 +104,7 @@ def _status_age(view: BridgeView) -> int:
 GLOBAL_REGISTERS: tuple[GlobalRegister, ...] = (
     GlobalRegister(0, "map_version", "-", "version of this register map (1)", lambda v: MAP_VERSION),
     GlobalRegister(1, "bridge_heartbeat", "s", "seconds since the bridge started, wraps at 65535: the bridge is alive while it changes", lambda v: int(v.uptime_s) & U16),
-    GlobalRegister(2, "bridge_status", "bits", "bit0 daemon_ok, bit1 any camera latched", lambda v: int(v.daemon_ok) | int(v.any_latched) << 1),
+    GlobalRegister(2, "bridge_status", "-", "bit0 daemon_ok, bit1 any camera latched", lambda v: int(v.daemon_ok) | int(v.any_latched) << 1),
     GlobalRegister(3, "status_age", "0.1 s", "time since the daemon's last status message; 65535: none yet (or longer than 6553 s)", _status_age),
     GlobalRegister(4, "status_count", "messages", "status messages received, wraps at 65535", lambda v: v.status_count & U16),
     GlobalRegister(5, "cameras", "-", "camera slots in use", lambda v: sum(bool(c.camera) for c in v.cameras)),

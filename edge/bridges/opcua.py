@@ -24,6 +24,7 @@ from edge.bridges.state import MAX_CLASSES, BridgeState, BridgeView, CameraView,
 log = structlog.get_logger("edge.bridge")
 
 NAMESPACE = "urn:edge:plc-bridge"
+RESERVED = ("Edge", "Bridge")  # node ids the bridge's own nodes use
 EVENT_QUEUE = 1000  # defect notices waiting for the update task; more are counted, not queued
 
 
@@ -208,6 +209,18 @@ class OpcUaBridge:
         nodes = self._cameras.get(camera)
         if nodes is not None:
             return nodes
+        try:
+            if camera in RESERVED:
+                raise ValueError("the bridge's own nodes use this id")
+            nodes = await self._create_camera(camera)
+        except (ValueError, ua.UaError) as exc:
+            # E.g. "cam1.Frames" beside "cam1": node ids clash. Said once, then left out.
+            log.error("camera not served over OPC UA", camera=camera, error=repr(exc))
+            nodes = {}
+        self._cameras[camera] = nodes
+        return nodes
+
+    async def _create_camera(self, camera: str) -> dict[str, Node]:
         folder = await self.root.add_folder(ua.NodeId(camera, self.idx), self._name(camera))
         nodes = {}
         for var in CAMERA_VARIABLES:
@@ -218,10 +231,11 @@ class OpcUaBridge:
             node = await self._variable(folder, camera, name, V.Boolean, None, text)
             await node.set_writable()
             nodes[name] = node
-        self._cameras[camera] = nodes
         return nodes
 
     async def _write(self, node: Node, value: Any, vtype: ua.VariantType) -> None:
+        if vtype == V.UInt32:
+            value &= 0xFFFFFFFF  # wraps like the Modbus registers rather than failing the write
         if self._written.get(node) != value:
             await node.write_value(ua.DataValue(ua.Variant(value, vtype)))
             self._written[node] = value
@@ -229,6 +243,8 @@ class OpcUaBridge:
     async def update(self) -> None:
         """One pass: commands from clients, then every value that changed, then events."""
         for camera, nodes in self._cameras.items():
+            if not nodes:
+                continue
             slot = self.state.slot_of(camera)
             if await nodes["Acknowledge"].read_value():
                 self.state.ack(slot)
@@ -243,6 +259,8 @@ class OpcUaBridge:
             if not cam.camera:
                 continue
             nodes = await self._camera_folder(cam.camera)
+            if not nodes:
+                continue
             for var in CAMERA_VARIABLES:
                 await self._write(nodes[var.name], var.value(cam), var.type)
         while not self._queue.empty():
@@ -272,7 +290,10 @@ class OpcUaBridge:
             self.ready.set()
             log.info("opc ua bridge serving", endpoint=self.endpoint)
             while not stop.is_set():
-                await self.update()
+                try:
+                    await self.update()
+                except Exception as exc:  # a bridge that serves for months must outlive a bug
+                    log.error("opc ua update failed", error=repr(exc))
                 await asyncio.sleep(self.interval_s)
 
     def state_cameras(self) -> list[str]:
