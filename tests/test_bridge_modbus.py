@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -205,3 +206,14 @@ def test_cli_names_a_bad_option() -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "listen: '5020' is not host:port" in done.stderr
+
+
+def test_cli_says_when_the_modbus_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [*EDGE, "bridge", "modbus", "--listen", f"127.0.0.1:{port}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"error: cannot serve on 127.0.0.1:{port}" in done.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -168,3 +171,36 @@ def test_a_camera_id_that_clashes_with_a_bridge_node_is_left_out_not_fatal(opcua
             assert (await frames.read_node_class()) == ua.NodeClass.Variable
 
     asyncio.run(scenario())
+
+
+def test_cli_serves_opcua_and_stops_on_sigterm(start_daemon) -> None:
+    daemon = start_daemon()
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/edge"
+    cmd = [sys.executable, "-c", "from edge.main import app; app()", "bridge", "opcua"]
+    cmd += ["--source", daemon.server.publish_endpoint, "--endpoint", endpoint, "-c", "cam1"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+
+    async def healthy() -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                async with Client(endpoint, timeout=10) as client:
+                    idx = await client.get_namespace_index(opcua.NAMESPACE)
+                    ok = client.get_node(ua.NodeId("cam1.DaemonOk", idx))
+                    await poll(ok.read_value, True, "cam1.DaemonOk from the bridge process")
+                    return
+            except (OSError, TimeoutError):  # not listening yet
+                assert proc.poll() is None, "the bridge process exited"
+                assert time.monotonic() < deadline, "the bridge process never served"
+                await asyncio.sleep(0.2)
+
+    try:
+        asyncio.run(healthy())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert f"-> {endpoint}" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

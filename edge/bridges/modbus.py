@@ -267,7 +267,10 @@ class ModbusBridge:
 
     async def serve(self) -> None:
         self.server = ModbusTcpServer(self.device, address=(self.host, self.port))
-        await self.server.serve_forever(background=True)
+        try:
+            await self.server.serve_forever(background=True)
+        except RuntimeError:  # pymodbus's word for "could not listen"; its log says why
+            raise OSError(f"cannot listen on {self.host}:{self.port} (in use?)") from None
         self.ready.set()
         await self.server.serving
 

@@ -10,6 +10,7 @@ object, so neither side ever waits on the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -140,9 +141,11 @@ class OpcUaBridge:
 
     def notify(self, notice: DefectNotice) -> None:
         """Called from the subscriber thread for each defective frame; never blocks."""
-        if self._loop is None:
+        if self._loop is None:  # not serving yet: no client can be subscribed to events
             return
-        self._loop.call_soon_threadsafe(self._enqueue, notice)
+        # RuntimeError: the loop closed under us, the bridge is shutting down.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._enqueue, notice)
 
     def _enqueue(self, notice: DefectNotice) -> None:
         try:
