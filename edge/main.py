@@ -175,6 +175,7 @@ def version() -> None:
 def _register_commands() -> None:
     """The tools around the daemon, each in its own module; --help lists them in this order."""
     from edge.bench.command import bench
+    from edge.bridges.cli import bridge_app
     from edge.gpu_commands import build, doctor
     from edge.line_commands import camera, listen, record, replay
     from edge.ops_commands import install_service, keygen, reload
@@ -187,6 +188,7 @@ def _register_commands() -> None:
     app.command()(train)
     app.command("eval")(eval_command)
     app.command("tune")(tune_command)
+    app.add_typer(bridge_app, name="bridge")
     app.command()(version)
 
 
