@@ -11,12 +11,14 @@ import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.backends.auto import BackendName
 from edge.modelspec import format_validation_error
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -157,6 +159,16 @@ _PATH_KEYS = ("models", "engines", "curve_secret_key", "curve_authorized_clients
 
 def load_config(path: Path | None = None, **overrides: Any) -> Config:
     """Read ``path`` (TOML) if given, apply non-None overrides, validate."""
+    return load_validated(Config, path, _PATH_KEYS, overrides)
+
+
+def load_validated(
+    model: type[ModelT], path: Path | None, path_keys: tuple[str, ...], overrides: dict[str, Any]
+) -> ModelT:
+    """A pydantic config from a TOML file (optional) with flags on top; errors name the key.
+
+    Relative paths under ``path_keys`` in the file mean relative to the file.
+    """
     data: dict[str, Any] = {}
     where = "command line"
     if path is not None:
@@ -167,13 +179,11 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        base = path.parent
-        for key in _PATH_KEYS:
-            if key in data and isinstance(data[key], str):
-                # Relative paths in a config file mean relative to that file.
-                data[key] = str(base / os.path.expanduser(data[key]))
+        for key in path_keys:
+            if isinstance(data.get(key), str):
+                data[key] = str(path.parent / os.path.expanduser(data[key]))
     data.update({k: v for k, v in overrides.items() if v is not None and v != []})
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{where}: {format_validation_error(exc)}") from None

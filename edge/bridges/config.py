@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edge.config import ConfigError
-from edge.modelspec import format_validation_error
+from edge.config import load_validated
 
 _PATH_KEYS = ("curve_server_key", "curve_client_key")
 
@@ -89,22 +86,4 @@ class BridgeConfig(BaseModel):
 
 def load_bridge_config(path: Path | None = None, **overrides: Any) -> BridgeConfig:
     """Read ``path`` (TOML) if given, apply non-None overrides, validate."""
-    data: dict[str, Any] = {}
-    where = "command line"
-    if path is not None:
-        where = str(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key in _PATH_KEYS:
-            if isinstance(data.get(key), str):
-                # Relative paths in a config file mean relative to that file.
-                data[key] = str(path.parent / os.path.expanduser(data[key]))
-    data.update({k: v for k, v in overrides.items() if v is not None and v != []})
-    try:
-        return BridgeConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{where}: {format_validation_error(exc)}") from None
+    return load_validated(BridgeConfig, path, _PATH_KEYS, overrides)
