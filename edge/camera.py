@@ -41,11 +41,25 @@ class FramePublisher:
     """One bound XPUB socket that sends frame messages. Use from one thread only."""
 
     def __init__(
-        self, endpoint: str, *, context: zmq.Context | None = None, sndhwm: int = 1000
+        self,
+        endpoint: str,
+        *,
+        context: zmq.Context | None = None,
+        sndhwm: int = 1000,
+        curve: tuple[Path, Path] | None = None,
     ) -> None:
+        """``curve``: the daemon's public server.key and this camera's .key_secret."""
         ctx = context if context is not None else zmq.Context.instance()
         self._socket = ctx.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
+        if curve is not None:
+            from edge.security import make_client
+
+            try:
+                make_client(self._socket, *curve)
+            except Exception:
+                self._socket.close(linger=0)
+                raise
         try:
             _bind_when_free(self._socket, endpoint)
         except zmq.ZMQError as exc:
@@ -289,6 +303,7 @@ def run_camera(
     wait_subscriber_s: float = 5.0,
     stop: threading.Event | None = None,
     on_sent: Callable[[int], None] | None = None,
+    curve: tuple[Path, Path] | None = None,
 ) -> int:
     """Bind at ``to`` and publish ``images`` as camera ``camera``; return the frames sent.
 
@@ -301,7 +316,7 @@ def run_camera(
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {list(ENCODINGS)}")
     sent = 0
-    with FramePublisher(to) as pub:
+    with FramePublisher(to, curve=curve) as pub:
         _wait_subscriber(pub, wait_subscriber_s, stop)
         pacer = Pacer(fps, sleep=_sleeper(stop))
         items = iter(images)
@@ -330,6 +345,7 @@ def replay(
     wait_subscriber_s: float = 5.0,
     stop: threading.Event | None = None,
     allow_truncated: bool = False,
+    curve: tuple[Path, Path] | None = None,
 ) -> int:
     """Bind at ``to`` and publish every message of the recording at ``path``, parts unchanged.
 
@@ -339,7 +355,7 @@ def replay(
     """
     read_info(path)  # a bad file fails here, before anything is bound or waited for
     sent = 0
-    with FramePublisher(to) as pub:
+    with FramePublisher(to, curve=curve) as pub:
         _wait_subscriber(pub, wait_subscriber_s, stop)
         pacer = Pacer(fps, sleep=_sleeper(stop))
         for rec in read_recording(path, allow_truncated=allow_truncated):

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edge.cliutil import Sources, fail
+from edge.cliutil import CurveClientKey, CurveServerKey, Sources, curve_pair, fail
 from edge.logs import configure
 
 
@@ -34,10 +34,15 @@ def camera(
     wait_subscriber: Annotated[
         float, typer.Option(help="Seconds to wait for a subscriber before sending.")
     ] = 10.0,
+    curve_server_key: CurveServerKey = None,
+    curve_client_key: CurveClientKey = None,
 ) -> None:
     """Publish strip images as a camera would (from a folder, or synthetic ones)."""
     from edge.camera import ImageLoadError, images_in, load_strip, run_camera
     from edge.protocol import ENCODINGS
+    from edge.security import SecurityError
+
+    curve = curve_pair(curve_server_key, curve_client_key)
 
     if encoding not in ENCODINGS:
         raise fail(f"--encoding must be one of {list(ENCODINGS)}, got {encoding!r}")
@@ -66,7 +71,10 @@ def camera(
             encoding=encoding,
             count=count,
             wait_subscriber_s=wait_subscriber,
+            curve=curve,
         )
+    except SecurityError as err:
+        raise fail(str(err)) from None
     except ImageLoadError as err:  # images load lazily: a bad file shows up mid-run
         raise fail(str(err), 1) from None
     except KeyboardInterrupt:
@@ -111,11 +119,15 @@ def replay(
     allow_truncated: Annotated[
         bool, typer.Option(help="Replay what a killed recorder left, up to its last whole message.")
     ] = False,
+    curve_server_key: CurveServerKey = None,
+    curve_client_key: CurveClientKey = None,
 ) -> None:
     """Publish a recording again, message for message."""
     from edge.camera import replay as replay_recording
     from edge.recording import RecordingError
+    from edge.security import SecurityError
 
+    curve = curve_pair(curve_server_key, curve_client_key)
     configure()
     try:
         n = replay_recording(
@@ -125,8 +137,9 @@ def replay(
             as_fast_as_possible=as_fast_as_possible,
             wait_subscriber_s=wait_subscriber,
             allow_truncated=allow_truncated,
+            curve=curve,
         )
-    except RecordingError as err:
+    except (RecordingError, SecurityError) as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
@@ -140,23 +153,15 @@ def listen(
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     status: Annotated[bool, typer.Option(help="Also print the periodic status messages.")] = True,
-    curve_server_key: Annotated[
-        Path | None, typer.Option(help="CURVE: the daemon's public server.key.")
-    ] = None,
-    curve_client_key: Annotated[
-        Path | None, typer.Option(help="CURVE: this subscriber's .key_secret (authorized).")
-    ] = None,
+    curve_server_key: CurveServerKey = None,
+    curve_client_key: CurveClientKey = None,
 ) -> None:
     """Print the daemon's events, one line each."""
     from edge.listen import format_event, to_json_line
     from edge.listen import listen as listen_events
     from edge.security import SecurityError
 
-    curve = None
-    if curve_server_key is not None and curve_client_key is not None:
-        curve = (curve_server_key, curve_client_key)
-    elif curve_server_key is not None or curve_client_key is not None:
-        raise fail("CURVE needs both --curve-server-key and --curve-client-key")
+    curve = curve_pair(curve_server_key, curve_client_key)
 
     def show(topic: str, body: dict) -> None:
         typer.echo(to_json_line(body) if json_lines else format_event(topic, body))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,18 +9,15 @@ from typing import Any
 import numpy as np
 
 from edge.protocol import FrameHeader, encode_frame
-from tests.conftest import gray_strip
+from tests.conftest import (
+    free_port,  # noqa: F401  (re-exported)
+    gray_strip,
+)
 
 # A dark patch (tiny segmenter classes 1 "dark" and 3 "very_dark") and a smaller bright one
 # (classes 2 "bright" and 4 "very_bright"): known classes, areas and positions.
 DARK = (slice(40, 90), slice(300, 420))  # 50 x 120 = 6000 px, centre column 360
 BRIGHT = (slice(150, 160), slice(1500, 1590))  # 10 x 90 = 900 px
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def defective_strip() -> np.ndarray:

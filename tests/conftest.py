@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -154,3 +155,10 @@ def camera_socket() -> Iterator[Any]:
 
 def gray_strip(value: int = 128, height: int = 256, width: int = 1600) -> np.ndarray:
     return np.full((height, width), value, np.uint8)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,10 @@ from typer.testing import CliRunner
 
 from edge.main import app
 from edge.protocol import parse_event
-from tests.conftest import gray_strip
+from tests.conftest import free_port, gray_strip
 from tests.test_server import frame_parts
 
 COMMANDS = ["run", "demo", "camera", "record", "replay", "listen"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -158,7 +158,7 @@ def test_edge_run_speaks_to_systemd_as_a_real_process(
     import subprocess
     import sys
 
-    from tests.test_cli import free_port
+    from tests.conftest import free_port
 
     path, listener = notify_socket
     daemon = subprocess.Popen(

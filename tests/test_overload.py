@@ -17,8 +17,7 @@ import pytest
 import zmq
 
 from edge.protocol import parse_event
-from tests.conftest import gray_strip
-from tests.test_cli import free_port
+from tests.conftest import free_port, gray_strip
 from tests.test_server import frame_parts, per_frame
 
 # Stated bound: at 10x its throughput the daemon's peak RSS grows by less than this over its

@@ -21,8 +21,7 @@ from typer.testing import CliRunner
 from edge.main import app
 from edge.protocol import parse_event
 from edge.reload import ReloadError, signal_reload
-from tests.conftest import gray_strip
-from tests.test_cli import free_port
+from tests.conftest import free_port, gray_strip
 from tests.test_metrics import samples, value
 from tests.test_server import frame_parts, per_frame
 from tests.tiny_models import CLASSES, CLASSIFIER_TOML

@@ -10,7 +10,7 @@ from typing import Any
 from edge.camera import FramePublisher, load_strip, replay, run_camera
 from edge.config import shipped_models
 from edge.recording import read_recording, record
-from tests.test_cli import free_port
+from tests.conftest import free_port
 from tests.test_server import per_frame
 
 TIMING_FIELDS = ("latency_ms",)

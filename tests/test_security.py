@@ -19,7 +19,7 @@ from edge.main import app
 from edge.protocol import parse_event
 from edge.security import SecurityError, keygen, make_client
 from edge.server import Server
-from tests.conftest import gray_strip
+from tests.conftest import free_port, gray_strip
 from tests.test_server import frame_parts
 
 
@@ -222,5 +222,49 @@ def test_edge_listen_as_an_authorized_curve_client(
 def test_edge_listen_needs_both_curve_keys(keys: Keys) -> None:
     result = CliRunner().invoke(
         app, ["listen", "--curve-server-key", str(keys.public("server")), "--count", "1"]
+    )
+    assert result.exit_code == 2 and "needs both" in result.output
+
+
+def test_edge_camera_as_an_authorized_curve_client(
+    keys: Keys, tiny_repo: Path, context: zmq.Context
+) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = load_config(
+        None,
+        sources=[endpoint],  # the daemon connects; `edge camera` binds, as a real camera does
+        publish="tcp://127.0.0.1:*",
+        models=tiny_repo,
+        threads=1,
+        status_interval_s=0.1,
+        curve_secret_key=keys.secret("server"),
+        curve_authorized_clients=keys.authorized,
+    )
+    server = Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert server.started.wait(30)
+        sub = subscriber(context, server, keys, "dashboard")
+        assert sub.poll(10000)  # subscribed (a status arrived) before any frame is sent
+        args = ["camera", "--to", endpoint, "--count", "3", "--fps", "0", "--camera-id", "cam1",
+                "--curve-server-key", str(keys.public("server")),
+                "--curve-client-key", str(keys.secret("cam1"))]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        seqs = []
+        while len(seqs) < 3 and sub.poll(10000):
+            _, body = parse_event(sub.recv_multipart())
+            if body["kind"] == "result":
+                seqs.append(body["seq"])
+        assert seqs == [0, 1, 2]
+    finally:
+        server.should_exit.set()
+        thread.join(30)
+
+
+def test_edge_camera_needs_both_curve_keys(keys: Keys) -> None:
+    result = CliRunner().invoke(
+        app, ["camera", "--to", "tcp://127.0.0.1:1", "--curve-client-key", str(keys.secret("cam1"))]
     )
     assert result.exit_code == 2 and "needs both" in result.output
