@@ -214,3 +214,49 @@ def test_config_file_flags_and_errors_name_the_key(tmp_path: Path) -> None:
         load_bridge_config(None, colour="red")
     with pytest.raises(ConfigError, match="does not exist"):
         load_bridge_config(tmp_path / "missing.toml")
+
+
+def status(counted: dict[str, int], uptime: float, daemon: str = "d1") -> dict[str, Any]:
+    cameras = {
+        c: {"received": n, "results": n, "rejects": 0, "drops": 0} for c, n in counted.items()
+    }
+    return {"v": 1, "kind": "status", "daemon": daemon, "uptime_s": uptime, "cameras": cameras}
+
+
+def lost(state: BridgeState, camera: str = "cam1") -> int:
+    (view,) = [c for c in state.snapshot().cameras if c.camera == camera]
+    return view.events_lost
+
+
+def test_events_the_daemon_published_but_never_arrived_are_counted_as_lost() -> None:
+    state = BridgeState(["cam1"], max_cameras=1)
+    state.apply("status/d1", status({"cam1": 5}, 10.0))  # the anchor: 5 frames before we joined
+    for seq in range(5, 15):
+        if seq not in (8, 9, 11):  # three results lost on the way to the bridge
+            state.apply("event/cam1", result("cam1", seq))
+    for uptime in (11.0, 12.0, 13.0):
+        state.apply("status/d1", status({"cam1": 15}, uptime))
+        assert lost(state) == 0  # not yet: events counted by then may still be on their way
+    state.apply("status/d1", status({"cam1": 15}, 14.0))
+    assert lost(state) == 3
+    view = state.snapshot().cameras[0]
+    assert view.frames == 7
+    state.reset(0)
+    assert lost(state) == 0  # a reset zeroes it, like every counter
+
+
+def test_late_events_and_daemon_restarts_are_not_losses() -> None:
+    state = BridgeState(["cam1"], max_cameras=1)
+    state.apply("status/d1", status({"cam1": 0}, 1.0))
+    state.apply("status/d1", status({"cam1": 4}, 2.0))
+    for uptime in (3.0, 4.0):
+        state.apply("status/d1", status({"cam1": 4}, uptime))
+    for seq in range(4):  # arrive late, but before the check reaches them
+        state.apply("event/cam1", result("cam1", seq))
+    for uptime in (5.0, 6.0, 7.0):
+        state.apply("status/d1", status({"cam1": 4}, uptime))
+    assert lost(state) == 0
+    # The daemon restarts: its counters begin again, a new anchor is taken, nothing is lost.
+    for uptime in (0.5, 1.5, 2.5, 3.5, 4.5):
+        state.apply("status/d1", status({"cam1": 0}, uptime))
+    assert lost(state) == 0

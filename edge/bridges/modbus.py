@@ -56,11 +56,12 @@ def _status_bits(c: CameraView) -> int:
         | int(c.camera_ok) << 2
         | int(c.last_defective) << 3
         | int(bool(c.camera)) << 4
+        | int(c.events_lost > 0) << 5
     )
 
 
 CAMERA_REGISTERS: tuple[Register, ...] = (
-    Register(0, "status", "bits", "-", "bit0 defective (latched), bit1 daemon_ok, bit2 camera_ok, bit3 last frame defective, bit4 slot in use", _status_bits),
+    Register(0, "status", "bits", "-", "bit0 defective (latched), bit1 daemon_ok, bit2 camera_ok, bit3 last frame defective, bit4 slot in use, bit5 events lost", _status_bits),
     Register(1, "heartbeat", "u16", "events", "events received for this camera, wraps at 65535; changes on every frame", lambda c: c.events & U16),
     Register(2, "last_seq", "u32", "-", "seq of the last frame the daemon reported (result, drop or reject)", lambda c: _seq(c.last_seq)),
     Register(4, "class_mask", "bits", "-", "classes seen since the latch was set: bit k-1 for class_id k; 0 when not latched", lambda c: c.latched_mask),
@@ -78,6 +79,7 @@ CAMERA_REGISTERS: tuple[Register, ...] = (
     Register(22, "drops", "u32", "frames", "frames dropped by the daemon (overload, shutdown) since reset", lambda c: c.drops & U32),
     Register(24, "rejects", "u32", "frames", "frames rejected by the daemon (malformed) since reset", lambda c: c.rejects & U32),
     Register(26, "restarts", "u32", "events", "camera restarts (seq went backwards) since reset", lambda c: c.restarts & U32),
+    Register(28, "events_lost", "u32", "events", "events the daemon published that never reached the bridge, since reset: frames whose outcome the PLC did not see", lambda c: c.events_lost & U32),
     *(
         Register(30 + 2 * k, f"class{k + 1}_count", "u32", "frames", f"frames with class_id {k + 1} since reset", lambda c, k=k: c.class_counts[k] & U32)
         for k in range(MAX_CLASSES)

@@ -94,6 +94,7 @@ CAMERA_VARIABLES: tuple[Variable, ...] = (
     Variable("Drops", V.UInt32, "frames", "Frames dropped by the daemon since reset", lambda c: c.drops),
     Variable("Rejects", V.UInt32, "frames", "Frames rejected by the daemon since reset", lambda c: c.rejects),
     Variable("Restarts", V.UInt32, "events", "Camera restarts (seq went backwards) since reset", lambda c: c.restarts),
+    Variable("EventsLost", V.UInt32, "events", "Events the daemon published that never reached the bridge, since reset", lambda c: c.events_lost),
     *(
         Variable(f"Class{k + 1}Count", V.UInt32, "frames", f"Frames with class_id {k + 1} since reset", lambda c, k=k: c.class_counts[k])
         for k in range(MAX_CLASSES)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,9 @@ from edge.protocol import (
 # Per-class counts are kept for class ids 1..MAX_CLASSES; the class bitmask covers 1..16.
 MAX_CLASSES = 8
 MASK_BITS = 16
+# Events the daemon counted in a status message must have reached the bridge this many seconds
+# (of daemon uptime) later; what is still missing then was lost on the way (see _check_loss).
+LOSS_LAG_S = 3.0
 
 
 def class_mask(class_ids: Sequence[int]) -> int:
@@ -86,6 +90,9 @@ class CameraState:
     gaps: int = 0
     missing: int = 0
     restarts: int = 0
+    answered: int = 0  # result, reject and drop events received: one per frame the daemon got
+    lost_total: int = 0  # events the daemon published that never arrived (since start)
+    lost_at_reset: int = 0
 
     def clear_latch(self) -> None:
         self.latched = False
@@ -97,6 +104,7 @@ class CameraState:
         self.frames = self.defective_frames = 0
         self.class_counts = [0] * MAX_CLASSES
         self.rejects = self.drops = self.gaps = self.missing = self.restarts = 0
+        self.lost_at_reset = self.lost_total
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,7 @@ class CameraView:
     gaps: int
     missing: int
     restarts: int
+    events_lost: int
     camera_ok: bool
     daemon_ok: bool
 
@@ -207,6 +216,10 @@ class BridgeState:
         self._daemon = ""
         self._ignored = 0
         self._invalid = 0
+        # (uptime_s, events counted per camera, events arrived per camera) per status message
+        self._loss_points: deque[tuple[float, dict[str, int], dict[str, int]]] = deque()
+        self._loss_anchor: tuple[float, dict[str, int], dict[str, int]] = (0.0, {}, {})
+        self._loss_daemon = ""
 
     # -- fed by the subscriber --
 
@@ -219,6 +232,7 @@ class BridgeState:
                 self._last_status_at = now
                 self._status_count += 1
                 self._daemon = str(body.get("daemon", ""))
+                self._check_loss(body)
                 return None
             cam = self._camera(body.get("camera"))
             if cam is None:
@@ -228,8 +242,10 @@ class BridgeState:
             cam.events += 1
             cam.last_event_at = now
             seq = body.get("seq")
-            if kind in (KIND_RESULT, KIND_DROP, KIND_REJECT) and isinstance(seq, int) and seq >= 0:
-                cam.last_seq = seq
+            if kind in (KIND_RESULT, KIND_DROP, KIND_REJECT):
+                cam.answered += 1
+                if isinstance(seq, int) and seq >= 0:
+                    cam.last_seq = seq
             if kind == KIND_RESULT:
                 return self._result(cam, body, now)
             if kind == KIND_REJECT:
@@ -242,6 +258,50 @@ class BridgeState:
             elif kind == KIND_CAMERA_RESTART:
                 cam.restarts += 1
             return None
+
+    def _check_loss(self, status: dict[str, Any]) -> None:
+        """Compare what the daemon says it published with what arrived here, per camera.
+
+        A status message carries, per camera, the results, rejects and drops the daemon has
+        counted, and every one of those events is published after it is counted. So events
+        counted between the first status this bridge saw (the anchor) and the status LOSS_LAG_S
+        seconds ago must all have arrived by now, behind the anchor on the same connection; any
+        shortfall was lost on the way (a subscriber queue overflowing, say). Without this a PLC
+        could miss a defect without any sign.
+        """
+        cameras, uptime = status.get("cameras"), status.get("uptime_s")
+        if not isinstance(cameras, dict) or not isinstance(uptime, int | float):
+            return
+        try:
+            counted = {
+                str(name): int(c.get("results", 0))
+                + int(c.get("rejects", 0))
+                + int(c.get("drops", 0))
+                for name, c in cameras.items()
+                if isinstance(c, dict)
+            }
+        except (TypeError, ValueError):
+            return
+        daemon = str(status.get("daemon", ""))
+        history = self._loss_points
+        if history and (uptime < history[-1][0] or daemon != self._loss_daemon):
+            history.clear()  # the daemon restarted: its counters started again from zero
+        self._loss_daemon = daemon
+        answered = {cam.camera: cam.answered for cam in self._slots}
+        if not history:
+            self._loss_anchor = (float(uptime), counted, answered)
+        history.append((float(uptime), counted, answered))
+        # Keep the newest point at least LOSS_LAG_S old, and everything after it.
+        while len(history) >= 2 and history[1][0] <= uptime - LOSS_LAG_S:
+            history.popleft()
+        then_uptime, then_counted, _ = history[0]
+        if uptime - then_uptime < LOSS_LAG_S:
+            return
+        _, anchor_counted, anchor_answered = self._loss_anchor
+        for cam in self._slots:
+            expected = then_counted.get(cam.camera, 0) - anchor_counted.get(cam.camera, 0)
+            arrived = cam.answered - anchor_answered.get(cam.camera, 0)
+            cam.lost_total = max(cam.lost_total, expected - arrived)
 
     def invalid_message(self) -> None:
         """A message on the daemon's socket that is not a v1 event (counted, never fatal)."""
@@ -375,6 +435,7 @@ class BridgeState:
             gaps=cam.gaps,
             missing=cam.missing,
             restarts=cam.restarts,
+            events_lost=cam.lost_total - cam.lost_at_reset,
             camera_ok=camera_ok,
             daemon_ok=daemon_ok,
         )
