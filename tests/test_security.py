@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import stat
 import threading
@@ -50,26 +51,35 @@ def keys(tmp_path: Path) -> Keys:
     return found
 
 
-@pytest.fixture
-def curve_daemon(keys: Keys, tiny_repo: Path) -> Iterator[Server]:
+@contextlib.contextmanager
+def running_curve_daemon(keys: Keys, tiny_repo: Path, **endpoints: Any) -> Iterator[Server]:
+    """A daemon with CURVE on both sockets; ``endpoints``: sources or bind_sources."""
     config = load_config(
         None,
-        bind_sources=["tcp://127.0.0.1:*"],
         publish="tcp://127.0.0.1:*",
         models=tiny_repo,
         threads=1,
         status_interval_s=0.1,
         curve_secret_key=keys.secret("server"),
         curve_authorized_clients=keys.authorized,
+        **endpoints,
     )
     server = Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    assert server.started.wait(30)
-    yield server
-    server.should_exit.set()
-    thread.join(30)
+    try:
+        assert server.started.wait(30)
+        yield server
+    finally:
+        server.should_exit.set()
+        thread.join(30)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def curve_daemon(keys: Keys, tiny_repo: Path) -> Iterator[Server]:
+    with running_curve_daemon(keys, tiny_repo, bind_sources=["tcp://127.0.0.1:*"]) as server:
+        yield server
 
 
 @pytest.fixture
@@ -230,21 +240,8 @@ def test_edge_camera_as_an_authorized_curve_client(
     keys: Keys, tiny_repo: Path, context: zmq.Context
 ) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    config = load_config(
-        None,
-        sources=[endpoint],  # the daemon connects; `edge camera` binds, as a real camera does
-        publish="tcp://127.0.0.1:*",
-        models=tiny_repo,
-        threads=1,
-        status_interval_s=0.1,
-        curve_secret_key=keys.secret("server"),
-        curve_authorized_clients=keys.authorized,
-    )
-    server = Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        assert server.started.wait(30)
+    # The daemon connects; `edge camera` binds, as a real camera does.
+    with running_curve_daemon(keys, tiny_repo, sources=[endpoint]) as server:
         sub = subscriber(context, server, keys, "dashboard")
         assert sub.poll(10000)  # subscribed (a status arrived) before any frame is sent
         args = ["camera", "--to", endpoint, "--count", "3", "--fps", "0", "--camera-id", "cam1",
@@ -258,9 +255,6 @@ def test_edge_camera_as_an_authorized_curve_client(
             if body["kind"] == "result":
                 seqs.append(body["seq"])
         assert seqs == [0, 1, 2]
-    finally:
-        server.should_exit.set()
-        thread.join(30)
 
 
 def test_edge_camera_needs_both_curve_keys(keys: Keys) -> None:
