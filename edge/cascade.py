@@ -3,12 +3,16 @@
 For a batch of strips (from any cameras): classify every classifier window in batches, keep the
 windows whose score reaches the gate for any class, segment only the segmenter windows that
 overlap them, and stitch the segmenter's outputs back onto the full frame (overlaps averaged).
+
+When both models have the same classes, class k is kept only inside the windows the classifier
+flagged for class k: a tile segmented because of scale does not also report the segmenter's
+faint pits there. The classifier confirms each class, and ``edge tune`` can rely on that.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +72,9 @@ class Inferred:
     # window is None for a map of the whole strip (resize feed).
     tiles: list[tuple[int, Tile | None, np.ndarray]]
     regions: dict[int, Tile]  # per segmented strip: the band its windows span (tile feed)
+    # Per segmented strip, when classes are confirmed per class: each flagged classifier
+    # window and which classes it flagged.
+    flagged: dict[int, list[tuple[Tile, np.ndarray]]] = field(default_factory=dict)
 
 
 class Cascade:
@@ -75,6 +82,7 @@ class Cascade:
         self.classifier = classifier
         self.segmenter = segmenter
         self.gate = np.asarray(classifier.spec.per_class("gate"), np.float32)
+        self.per_class = classifier.spec.classes == segmenter.spec.classes
 
     @classmethod
     def load(
@@ -173,13 +181,17 @@ class Cascade:
         daemon runs the two on different threads so the models never wait for the stitching.
         """
         work, scores = self.classify(images)
-        passing = (scores >= self.gate).any(axis=1)
+        flags = scores >= self.gate
+        passing = flags.any(axis=1)
         suspicious: list[list[Tile]] = [[] for _ in images]
+        flagged: dict[int, list[tuple[Tile, np.ndarray]]] = {}
         strip_scores = [np.zeros(self.classifier.spec.num_classes, np.float32) for _ in images]
-        for (i, window), row, hit in zip(work, scores, passing, strict=True):
+        for (i, window), row, hit, classes in zip(work, scores, passing, flags, strict=True):
             np.maximum(strip_scores[i], row, out=strip_scores[i])
             if hit:
                 suspicious[i].append(window)
+                if self.per_class:
+                    flagged.setdefault(i, []).append((window, classes))
 
         seg_work = self.segment_work(images, suspicious)
         tile_h, tile_w = self.segmenter.inputs.model_hw
@@ -202,6 +214,7 @@ class Cascade:
             segmented=np.bincount([i for i, _ in seg_work], minlength=len(images)).tolist(),
             tiles=tiles,
             regions={} if resize_feed else _column_spans(seg_work, images),
+            flagged=flagged,
         )
 
     def finish(self, inferred: Inferred) -> list[StripResult]:
@@ -220,13 +233,26 @@ class Cascade:
         return [
             StripResult(
                 scores=inferred.scores[i],
-                probs=stitchers[i].result() if i in stitchers else None,
+                probs=_confirmed(stitchers[i].result(), inferred.flagged.get(i))
+                if i in stitchers
+                else None,
                 windows_classified=inferred.classified[i],
                 windows_segmented=inferred.segmented[i],
                 region=stitchers[i].window if i in stitchers else None,
             )
             for i in range(len(inferred.shapes))
         ]
+
+
+def _confirmed(probs: np.ndarray, flagged: list[tuple[Tile, np.ndarray]] | None) -> np.ndarray:
+    """``probs`` with class k zeroed outside the windows the classifier flagged for class k."""
+    if flagged is None:
+        return probs
+    allowed = np.zeros(probs.shape, bool)
+    for window, classes in flagged:
+        allowed[classes, window.y : window.y + window.h, window.x : window.x + window.w] = True
+    probs *= allowed
+    return probs
 
 
 def _column_spans(

@@ -161,3 +161,49 @@ def test_only_flagged_tiles_go_through_the_segmenter(tiny_repo: Path) -> None:
     (result,) = cascade.run([strip])
     assert result.windows_classified == 7
     assert result.windows_segmented == 3
+
+
+def _fixed_classifier(path: Path, logits: list[float]) -> None:
+    """A classifier that gives every tile the same ``logits``, whatever it holds."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.tiny_models import _save
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["mean", "zero"], ["nothing"]),
+            helper.make_node("Add", ["nothing", "bias"], ["logits"]),
+        ],
+        "fixed_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 256, 256])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        initializer=[
+            numpy_helper.from_array(np.zeros((1, 4), np.float32), "zero"),
+            numpy_helper.from_array(np.asarray(logits, np.float32), "bias"),
+        ],
+    )
+    _save(graph, path)
+
+
+@pytest.mark.parametrize("same_classes", [True, False])
+def test_each_class_is_kept_only_where_the_classifier_flagged_it(
+    tmp_path: Path, same_classes: bool
+) -> None:
+    from tests.tiny_models import write_tiny_repository
+
+    repo = write_tiny_repository(tmp_path)
+    # The classifier sees only class 1 ("dark"), on every tile.
+    _fixed_classifier(repo / "classifier" / "1" / "model.onnx", [10.0, -10.0, -10.0, -10.0])
+    if not same_classes:
+        config = repo / "classifier" / "config.toml"
+        config.write_text(config.read_text().replace("very_bright", "blotch"))
+    strip = np.full((256, 1600), 128, np.uint8)
+    strip[40:90, 300:420] = 10  # the tiny segmenter: class 1 "dark" and 3 "very_dark"
+    strip[150:160, 1500:1590] = 245  # class 2 "bright" and 4 "very_bright"
+    (result,) = Cascade.load(repo, max_batch=8, threads=1).run([strip])
+    assert result.probs is not None
+    found = [bool((result.probs[k] >= 0.5).any()) for k in range(4)]
+    # Same classes: the segmenter's "very_dark" and "bright" patches are not confirmed by the
+    # classifier and are dropped. Other class lists cannot be matched: every class is kept.
+    assert found == ([True, False, False, False] if same_classes else [True, True, True, True])

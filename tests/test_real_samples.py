@@ -25,7 +25,8 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def direct_masks(image: np.ndarray, models: Path) -> np.ndarray:
-    """Gate 7 tiles with the classifier, segment the flagged ones, average overlaps, threshold."""
+    """Gate 7 tiles with the classifier, segment the flagged ones, average overlaps, keep each
+    class inside the tiles flagged for it, threshold."""
     repo = load_repository(models)
     cls, seg = repo["classifier"], repo["segmenter"]
     for spec in (cls.spec, seg.spec):  # what this independent computation assumes
@@ -46,7 +47,8 @@ def direct_masks(image: np.ndarray, models: Path) -> np.ndarray:
     cls_sess = ort.InferenceSession(str(cls.onnx_path), options, providers=["CPUExecutionProvider"])
     seg_sess = ort.InferenceSession(str(seg.onnx_path), options, providers=["CPUExecutionProvider"])
     scores = sigmoid(cls_sess.run(None, {cls_sess.get_inputs()[0].name: tiles})[0])
-    flagged = (scores >= np.asarray(cls.spec.per_class("gate"))).any(axis=1)
+    by_class = scores >= np.asarray(cls.spec.per_class("gate"))
+    flagged = by_class.any(axis=1)
     total = np.zeros((seg.spec.num_classes, 256, 1600), np.float32)
     count = np.zeros((256, 1600), np.float32)
     if flagged.any():
@@ -55,6 +57,13 @@ def direct_masks(image: np.ndarray, models: Path) -> np.ndarray:
             total[:, :, s : s + 256] += p
             count[:, s : s + 256] += 1
     probs = total / np.maximum(count, 1)
+    if cls.spec.classes == seg.spec.classes:
+        # Each class only where the classifier flagged that class.
+        for k in range(seg.spec.num_classes):
+            confirmed = np.zeros(1600, bool)
+            for s in starts[by_class[:, k]]:
+                confirmed[s : s + 256] = True
+            probs[k][:, ~confirmed] = 0.0
     masks = []
     for k in range(seg.spec.num_classes):
         binary = (probs[k] >= seg.spec.per_class("mask")[k]).astype(np.uint8)
