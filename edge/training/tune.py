@@ -1,19 +1,20 @@
 """``edge tune``: per-class thresholds for every stage, chosen on labelled strips.
 
-Stages are tuned one after another on the raw outputs of ``evaluate.run_models`` (models run
-once):
+Thresholds are chosen on the raw outputs of ``evaluate.run_models`` (models run once), in the
+order the daemon applies them:
 
 1. mask: the pixel threshold that maximises Dice on the images holding the class;
-2. min_area: the smallest component kept, maximising the mean Dice over all images (what
-   removes false specks on clean strips);
-3. gate: the classifier threshold that maximises the same mean Dice when pixels outside the
-   tiles it flags are dropped. Often a whole range of gates ties (the mask stage already
-   removed what the gate would); of that range the middle, so the gate has margin on both
-   sides: lower segments clean tiles for nothing (the cascade's speed), higher starts to miss
-   defects the labelled data did not happen to contain.
+2. gate and min_area together, maximising the mean Dice over all images (what false specks
+   on clean strips cost), applied as the daemon does: class k is kept only inside the tiles
+   the classifier flagged for class k, then components smaller than min_area are dropped.
+   Both remove false specks, but min_area also removes small true defects, so of the best
+   pairs the smallest min_area wins, and of its gates the middle of the best range, for
+   margin on both sides: lower segments clean tiles for nothing (the cascade's speed),
+   higher starts to miss defects the labelled data did not happen to contain.
 
-The gate is swept per class, as if each class gated its own tiles; the daemon segments a tile
-when any class passes, so it segments at least what the sweep assumed.
+That per-class confinement is what the cascade does when classifier and segmenter have the
+same classes; with other class lists the daemon segments a tile for every class once any
+class passes, and these gates are a close approximation.
 """
 
 from __future__ import annotations
@@ -67,43 +68,38 @@ def tune_mask(outputs: list[StripOutputs], k: int) -> Choice:
     return Choice(best[0], best[1], sweep)
 
 
-def tune_min_area(outputs: list[StripOutputs], k: int, mask_threshold: float) -> Choice:
+def tune_gate_and_area(
+    outputs: list[StripOutputs], k: int, mask_threshold: float
+) -> tuple[Choice, Choice]:
+    """The gate and min_area that, applied as the daemon does, give the best mean Dice."""
     known = [o for o in outputs if o.strip.mask_known[k]]
     if not known or not any(o.strip.present[k] for o in known):
-        return Choice(0, None, [])
-    labelled = [(o, *_components_over(o.probs[k] >= mask_threshold)) for o in known]
-    sweep = []
-    for area in MIN_AREAS:
-        scores = []
-        for o, labels, areas in labelled:
-            keep = areas >= max(area, 1)
-            keep[0] = False
-            scores.append(metrics.dice(o.strip.masks[k], keep[labels]))
-        sweep.append((float(area), float(np.mean(scores))))
-    best = max(sweep, key=lambda s: (s[1], -s[0]))
-    return Choice(best[0], best[1], sweep)
-
-
-def tune_gate(outputs: list[StripOutputs], k: int, mask_threshold: float, min_area: int) -> Choice:
-    known = [o for o in outputs if o.strip.mask_known[k]]
-    if not known or not any(o.strip.present[k] for o in known):
-        return Choice(0.5, None, [])
-    masks = []
+        return Choice(0.5, None, []), Choice(0, None, [])
+    scores = np.zeros((len(GATE_STEPS), len(MIN_AREAS)))
     for o in known:
-        labels, areas = _components_over(o.probs[k] >= mask_threshold)
-        keep = areas >= max(min_area, 1)
-        keep[0] = False
-        masks.append(keep[labels])
-    sweep = []
-    for gate in GATE_STEPS:
-        scores = [
-            metrics.dice(o.strip.masks[k], mask & _gated(o, k, float(gate)))
-            for o, mask in zip(known, masks, strict=True)
-        ]
-        sweep.append((float(gate), float(np.mean(scores))))
-    best_score = max(s for _, s in sweep)
-    plateau = [g for g, s in sweep if s >= best_score - 1e-9]
-    return Choice(plateau[len(plateau) // 2], best_score, sweep)
+        truth = o.strip.masks[k].ravel()
+        truth_total = int(truth.sum())
+        above = o.probs[k] >= mask_threshold
+        for i, gate in enumerate(GATE_STEPS):
+            # Components of the confined mask: the daemon sees nothing outside flagged tiles.
+            labels, areas = _components_over(above & _gated(o, k, float(gate)))
+            flat = labels.ravel()
+            pixels = np.flatnonzero(flat)
+            pixel_area = areas[flat[pixels]]
+            pixel_truth = truth[pixels]
+            for j, min_area in enumerate(MIN_AREAS):
+                kept = pixel_area >= max(min_area, 1)
+                total = int(kept.sum()) + truth_total
+                inter = int((kept & pixel_truth).sum())
+                scores[i, j] += 1.0 if total == 0 else 2.0 * inter / total
+    scores /= len(known)
+    best = float(scores.max())
+    j = int(np.flatnonzero((scores >= best - 1e-9).any(axis=0))[0])  # the smallest min_area
+    plateau = np.flatnonzero(scores[:, j] >= best - 1e-9)
+    i = int(plateau[len(plateau) // 2])
+    by_gate = [(float(g), float(v)) for g, v in zip(GATE_STEPS, scores[:, j], strict=True)]
+    by_area = [(float(a), float(v)) for a, v in zip(MIN_AREAS, scores[i], strict=True)]
+    return Choice(float(GATE_STEPS[i]), best, by_gate), Choice(float(MIN_AREAS[j]), best, by_area)
 
 
 def tune(outputs: list[StripOutputs]) -> dict[str, Any]:
@@ -112,8 +108,7 @@ def tune(outputs: list[StripOutputs]) -> dict[str, Any]:
     details: dict[str, Any] = {}
     for k in range(NUM_CLASSES):
         mask = tune_mask(outputs, k)
-        area = tune_min_area(outputs, k, mask.value)
-        gate = tune_gate(outputs, k, mask.value, int(area.value))
+        gate, area = tune_gate_and_area(outputs, k, mask.value)
         chosen["mask"].append(mask.value)
         chosen["min_area"].append(int(area.value))
         chosen["gate"].append(gate.value)
