@@ -69,7 +69,7 @@ def test_holdout_classifier_ranks_defects_above_clean_tiles(holdout_report: dict
 
 
 def test_holdout_masks_beat_predicting_nothing(holdout_report: dict) -> None:
-    # Measured at release: Dice+ 0, 0, 0.26, 0 against 0 for predict-nothing everywhere.
+    # Measured at release: Dice+ 0, 0, 0.31, 0 against 0 for predict-nothing everywhere.
     per_class = holdout_report["segmentation"]["per_class"]
     for c in per_class.values():
         assert c["dice_on_positives"] >= c["baseline_predict_nothing"]["dice_on_positives"]
@@ -80,6 +80,8 @@ def test_synthetic_strips_are_told_apart(cascade: Cascade) -> None:
     """What `edge demo` shows: defective strips flagged, clean ones left alone."""
     spec = cascade.segmenter.spec
     caught = missed = false_alarms = clean = 0
+    found_classes: set[int] = set()
+    wrong_classes = 0  # a class reported on a strip that does not hold it
     for strip in itertools.islice(strip_stream(7, defect_rate=0.3), 60):
         (result,) = cascade.run([strip.image])
         found = (
@@ -87,12 +89,17 @@ def test_synthetic_strips_are_told_apart(cascade: Cascade) -> None:
             if result.probs is not None
             else set()
         )
+        found_classes |= found & set(strip.classes)
+        wrong_classes += len(found - set(strip.classes))
         if strip.classes:
             caught += bool(found)
             missed += not found
         else:
             false_alarms += bool(found)
             clean += 1
-    # Measured at release on 120 such strips: 24 of 30 defective caught, 0 of 90 clean flagged.
-    assert caught >= 0.7 * (caught + missed), (caught, missed)
+    # Measured at release on 120 such strips: 27 of 30 defective caught, 0 of 90 clean flagged.
+    assert caught >= 0.8 * (caught + missed), (caught, missed)
     assert false_alarms <= 0.05 * clean, (false_alarms, clean)
+    # Per class on those 120: pits 6/9, scratches 4/6, scale 17/17, holes 11/11, none wrong.
+    assert found_classes == {1, 2, 3, 4}
+    assert wrong_classes <= 1
