@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from edge.cliutil import fail
+
 Data = Annotated[
     Path | None,
     typer.Option("--data", help="Folder of strip images (the Severstal train_images/)."),
@@ -47,23 +49,18 @@ def command_line(role: str, params: dict[str, object]) -> str:
     return " ".join(parts)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
-
-
 def read_holdout(path: Path | None) -> tuple[str, ...]:
     if path is None:
         return ()
     if not path.is_file():
-        raise _fail(f"--holdout {path}: no such file")
+        raise fail(f"--holdout {path}: no such file")
     lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
     return tuple(line for line in lines if line)
 
 
 def _train(role: str, params: dict[str, object], **kwargs: object) -> None:
     if importlib.util.find_spec("torch") is None:
-        raise _fail("training needs PyTorch: pip install 'edge[train]' (CPU build, torch==2.13.0)")
+        raise fail("training needs PyTorch: pip install 'edge[train]' (CPU build, torch==2.13.0)")
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from edge.training import export, trainer
@@ -86,7 +83,7 @@ def _train(role: str, params: dict[str, object], **kwargs: object) -> None:
         try:
             result = trainer.train(settings, on_step, fresh=fresh)
         except (trainer.TrainingError, ValueError) as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         progress.update(task, completed=result.steps)
 
     record = {

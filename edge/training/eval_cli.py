@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from edge.cascade import Cascade
-from edge.training.cli import Data, ImageLabels, Labels, _fail, dumps, read_holdout
+from edge.cliutil import fail
+from edge.training.cli import Data, ImageLabels, Labels, dumps, read_holdout
 from edge.training.labels import NUM_CLASSES, LabelledStrip
 
 # Generated strips for eval/tune are drawn apart from training's (edge train uses --seed, 0).
@@ -47,9 +48,9 @@ def _load(
     from edge.training.samples import synthetic_strips
 
     if (data is None) != (labels is None):
-        raise _fail("give both --data (image folder) and --labels (train.csv)")
+        raise fail("give both --data (image folder) and --labels (train.csv)")
     if data is None and not synthetic:
-        raise _fail("give --data (image folder) and --labels (train.csv), or --synthetic N")
+        raise fail("give --data (image folder) and --labels (train.csv), or --synthetic N")
     try:
         cascade = Cascade.load(models, max_batch=8)
         strips = []
@@ -64,15 +65,15 @@ def _load(
         if synthetic:
             strips += synthetic_strips(synthetic, seed=synthetic_seed)
     except (ModelConfigError, BackendError, LabelsError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for stage in (cascade.classifier, cascade.segmenter):
         if stage.spec.num_classes != NUM_CLASSES:
-            raise _fail(
+            raise fail(
                 f"{stage.files.model_id} has {stage.spec.num_classes} classes; evaluation uses the "
                 f"Severstal format's {NUM_CLASSES}"
             )
     if not strips:
-        raise _fail(f"no images left in {data} after --only/--exclude")
+        raise fail(f"no images left in {data} after --only/--exclude")
     return cascade, strips
 
 
@@ -160,7 +161,7 @@ def eval_command(
         try:
             written = write_figures(result, outputs, report)
         except RuntimeError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         typer.echo(f"wrote {report / 'report.json'} and {len(written)} PNGs in {report}")
 
 

@@ -9,7 +9,6 @@ says how to feed it and where it came from.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import onnx
 import torch
 
+from edge.backends.engines import atomic_write
 from edge.modelspec import CONFIG_FILE, METADATA_KEY, MODEL_FILE, ModelSpec
 from edge.synthetic import CLASS_NAMES
 
@@ -112,8 +112,8 @@ def export(
     spec_json = spec.model_dump(mode="json", exclude_none=True)
     set_metadata(proto, {METADATA_KEY: json.dumps(spec_json), TRAINING_KEY: json.dumps(training)})
     proto.producer_name = "edge.training"
-    _atomic_write(onnx_path, proto.SerializeToString())
-    _atomic_write(version_dir / TRAINING_FILE, (json.dumps(training, indent=2) + "\n").encode())
+    atomic_write(onnx_path, proto.SerializeToString())
+    atomic_write(version_dir / TRAINING_FILE, (json.dumps(training, indent=2) + "\n").encode())
     write_config(
         model_dir / CONFIG_FILE, spec, note="written by edge train; edge tune rewrites thresholds"
     )
@@ -139,7 +139,7 @@ def write_config(path: Path, spec: ModelSpec, *, note: str) -> None:
     for name, table in tables.items():
         lines.append(f"\n[{name}]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
-    _atomic_write(path, ("\n".join(lines) + "\n").encode())
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
 
 
 def _toml_value(value: Any) -> str:
@@ -152,9 +152,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
