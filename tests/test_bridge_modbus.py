@@ -114,12 +114,11 @@ def test_defective_strip_sets_the_coil_and_registers_and_ack_clears_it(
     assert block["largest_class"] in (1, 3) and block["frame_width"] == 1600
     assert (block["frames"], block["defective_frames"]) == (2, 1)
     assert [block[f"class{k}_count"] for k in range(1, 6)] == [1, 1, 1, 1, 0]
-    assert bridge.registers(0, 6)[:6] == [
-        1,
-        bridge.registers(1, 1)[0],
-        0b11,
-        *bridge.registers(3, 3),
-    ]
+    # Global block: map version 1, daemon_ok + a camera latched, one camera slot in use.
+    # (Heartbeat, status age and status count move while we read: status comes every 0.1 s.)
+    version, _, bridge_status, _, status_count, cameras = bridge.registers(0, 6)
+    assert (version, bridge_status, cameras) == (1, 0b11, 1)
+    assert status_count > 0
 
     camera.send_multipart(frame("cam1", 9, gray_strip()))
     wait_until(lambda: bridge.camera()["last_seq"] == 9, what="the next clean frame")
