@@ -51,13 +51,34 @@ class Stage:
 
 
 @dataclass(slots=True)
+class Band:
+    """Probabilities over full-height columns of a strip: one run of adjacent segmented windows."""
+
+    region: Tile  # where on the strip
+    probs: np.ndarray  # per segmenter class, K x region.h x region.w
+
+
+@dataclass(slots=True)
 class StripResult:
     scores: np.ndarray  # per classifier class: the highest score over the strip's windows
-    probs: np.ndarray | None  # per segmenter class, K x H x W; None when nothing passed the gate
+    # The segmenter's probabilities where it looked, left to right; 0 everywhere else on the
+    # strip. Empty when nothing passed the gate. Only the bands are kept: a strip with one
+    # flagged tile costs one tile's worth of post-processing, not a whole strip's.
+    bands: list[Band]
     windows_classified: int
     windows_segmented: int
-    # Where probs can be non-zero: full-height columns the segmented windows span (None: all).
-    region: Tile | None = None
+    shape: tuple[int, int]  # the strip's height, width
+
+    @property
+    def probs(self) -> np.ndarray | None:
+        """The whole strip's K x H x W probabilities (a new array), or None if not segmented."""
+        if not self.bands:
+            return None
+        full = np.zeros((self.bands[0].probs.shape[0], *self.shape), np.float32)
+        for band in self.bands:
+            r = band.region
+            full[:, r.y : r.y + r.h, r.x : r.x + r.w] = band.probs
+        return full
 
 
 @dataclass(slots=True)
@@ -71,7 +92,8 @@ class Inferred:
     # Segmenter probabilities in the order they were computed: (strip, window, C x h x w); the
     # window is None for a map of the whole strip (resize feed).
     tiles: list[tuple[int, Tile | None, np.ndarray]]
-    regions: dict[int, Tile]  # per segmented strip: the band its windows span (tile feed)
+    # Per segmented strip, the bands its windows span, left to right (tile feed).
+    regions: dict[int, list[Tile]]
     # Per segmented strip, when classes are confirmed per class: each flagged classifier
     # window and which classes it flagged.
     flagged: dict[int, list[tuple[Tile, np.ndarray]]] = field(default_factory=dict)
@@ -219,56 +241,87 @@ class Cascade:
 
     def finish(self, inferred: Inferred) -> list[StripResult]:
         """Stitch the segmenter's maps of a batch ``infer`` ran into one result per strip."""
-        stitchers: dict[int, Stitcher] = {}
+        stitchers: dict[int, list[Stitcher]] = {}
         classes = self.segmenter.spec.num_classes
         for i, window, probs in inferred.tiles:
-            stitcher = stitchers.get(i)
-            if stitcher is None:
+            bands = stitchers.get(i)
+            if bands is None:
                 h, w = inferred.shapes[i]
-                stitcher = stitchers[i] = Stitcher(classes, h, w, inferred.regions.get(i))
+                regions = inferred.regions.get(i) or [Tile(0, 0, h, w)]
+                bands = stitchers[i] = [Stitcher(classes, h, w, r) for r in regions]
             if window is None:
-                stitcher.set_whole(probs)
-            else:
-                stitcher.add(window, probs)
-        return [
-            StripResult(
-                scores=inferred.scores[i],
-                probs=_confirmed(stitchers[i].result(), inferred.flagged.get(i))
-                if i in stitchers
-                else None,
-                windows_classified=inferred.classified[i],
-                windows_segmented=inferred.segmented[i],
-                region=stitchers[i].window if i in stitchers else None,
+                bands[0].set_whole(probs)
+                continue
+            for stitcher in bands:
+                if stitcher.window.x <= window.x < stitcher.window.x + stitcher.window.w:
+                    stitcher.add(window, probs)
+                    break
+        results = []
+        for i, shape in enumerate(inferred.shapes):
+            flagged = inferred.flagged.get(i)
+            results.append(
+                StripResult(
+                    scores=inferred.scores[i],
+                    bands=[
+                        Band(s.window, _confirmed(s.band(), s.window, flagged))
+                        for s in stitchers.get(i, [])
+                    ],
+                    windows_classified=inferred.classified[i],
+                    windows_segmented=inferred.segmented[i],
+                    shape=shape,
+                )
             )
-            for i in range(len(inferred.shapes))
-        ]
+        return results
 
 
-def _confirmed(probs: np.ndarray, flagged: list[tuple[Tile, np.ndarray]] | None) -> np.ndarray:
-    """``probs`` with class k zeroed outside the windows the classifier flagged for class k."""
+def _confirmed(
+    band: np.ndarray, region: Tile, flagged: list[tuple[Tile, np.ndarray]] | None
+) -> np.ndarray:
+    """``band`` with class k zeroed outside the windows the classifier flagged for class k."""
     if flagged is None:
-        return probs
-    allowed = np.zeros(probs.shape, bool)
-    for window, classes in flagged:
-        allowed[classes, window.y : window.y + window.h, window.x : window.x + window.w] = True
-    probs *= allowed
-    return probs
+        return band
+    classes, height, width = band.shape
+    rows_whole = all(w.y <= region.y and w.y + w.h >= region.y + region.h for w, _ in flagged)
+    # Windows of the whole band's height (one row of tiles) allow whole columns: a K x w
+    # table then says it all, and most bands need no arithmetic at all.
+    allowed = np.zeros((classes, 1 if rows_whole else height, width), bool)
+    for window, flags in flagged:
+        # Flagged windows outside the band were not segmented: nothing there to allow.
+        y0, x0 = max(window.y - region.y, 0), max(window.x - region.x, 0)
+        y1 = min(window.y + window.h - region.y, region.h)
+        x1 = min(window.x + window.w - region.x, region.w)
+        if y0 < y1 and x0 < x1:
+            rows = slice(0, 1) if rows_whole else slice(y0, y1)
+            allowed[flags, rows, x0:x1] = True
+    for k in range(classes):
+        if allowed[k].all():
+            continue
+        if not allowed[k].any():
+            band[k] = 0.0
+        else:
+            band[k] *= allowed[k]
+    return band
 
 
 def _column_spans(
     work: Sequence[tuple[int, Tile]], images: Sequence[np.ndarray]
-) -> dict[int, Tile]:
-    """Per strip, the full-height band of columns its segmenter windows span.
+) -> dict[int, list[Tile]]:
+    """Per strip, the full-height bands of columns its segmenter windows span, left to right.
 
-    Full height and an even first column keep post-processing on the band identical to the
-    whole strip: OpenCV labels components in 2x2 blocks and stripes of rows, which such a band
-    shares with the strip, so labels (and the order of equal-area components) do not change.
+    Windows that overlap or touch share a band; bands are apart by at least one column no
+    window covers, so no connected component of a mask crosses from one band to another.
     """
-    spans: dict[int, tuple[int, int]] = {}
+    columns: dict[int, list[tuple[int, int]]] = {}
     for i, window in work:
-        lo, hi = spans.get(i, (window.x, window.x + window.w))
-        spans[i] = (min(lo, window.x), max(hi, window.x + window.w))
-    return {
-        i: Tile(0, lo - lo % 2, images[i].shape[0], hi - (lo - lo % 2))
-        for i, (lo, hi) in spans.items()
-    }
+        columns.setdefault(i, []).append((window.x, window.x + window.w))
+    spans: dict[int, list[Tile]] = {}
+    for i, ranges in columns.items():
+        height = images[i].shape[0]
+        merged: list[list[int]] = []
+        for lo, hi in sorted(ranges):
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        spans[i] = [Tile(0, lo, height, hi - lo) for lo, hi in merged]
+    return spans

@@ -11,7 +11,7 @@ import zmq
 from edge import protocol
 from edge.cascade import Cascade, StripResult
 from edge.frames import Frame
-from edge.postprocess import defects_from_probs
+from edge.postprocess import strip_defects
 from edge.protocol import pack
 
 
@@ -58,11 +58,7 @@ def result_events(
     model = cascade.model_ids
     events = []
     for frame, result in zip(frames, results, strict=True):
-        defects = (
-            []
-            if result.probs is None
-            else defects_from_probs(result.probs, seg_spec, result.region)
-        )
+        defects = strip_defects(result, seg_spec)
         latency_ms = (time.monotonic_ns() - frame.received_ns) / 1e6
         event = protocol.result_event(
             frame.header,

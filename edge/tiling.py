@@ -80,14 +80,16 @@ class Stitcher:
 
     Pixels no segmented tile covered stay 0: the classifier judged them clean. Sums are kept
     only over ``window`` (default: the whole strip), the part the tiles to come will cover, so
-    a strip with one flagged tile costs one tile's worth of arithmetic, not the strip's.
+    a strip with one flagged tile costs one tile's worth of arithmetic, not the strip's. A
+    window exactly one tile fills needs no arithmetic at all: ``band`` is that tile's map.
     """
 
     def __init__(self, channels: int, height: int, width: int, window: Tile | None = None) -> None:
         self.shape = (channels, height, width)
         self.window = Tile(0, 0, height, width) if window is None else window
-        self.total = np.zeros((channels, self.window.h, self.window.w), np.float32)
-        self.count = np.zeros((self.window.h, self.window.w), np.float32)
+        self._single: np.ndarray | None = None  # the only tile so far, when it fills the window
+        self._total: np.ndarray | None = None  # sums, once a second tile (or a partial one) came
+        self._count: np.ndarray | None = None
 
     @property
     def whole(self) -> bool:
@@ -96,25 +98,48 @@ class Stitcher:
     def add(self, tile: Tile, probs: np.ndarray) -> None:
         """``probs`` is C x tile_h x tile_w at the model's tile size; padding is cut off.
 
-        The tile must lie inside the window.
+        The tile must lie inside the window. ``probs`` is kept, not copied, while it is the
+        only tile: the caller must not change it afterwards.
         """
+        cut = probs[:, : tile.h, : tile.w]
+        if self._total is None and self._single is None and tile == self.window:
+            self._single = cut
+            return
+        total, count = self._sums()
         y, x = tile.y - self.window.y, tile.x - self.window.x
-        self.total[:, y : y + tile.h, x : x + tile.w] += probs[:, : tile.h, : tile.w]
-        self.count[y : y + tile.h, x : x + tile.w] += 1.0
+        total[:, y : y + tile.h, x : x + tile.w] += cut
+        count[y : y + tile.h, x : x + tile.w] += 1.0
+
+    def _sums(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._total is None or self._count is None:
+            w = self.window
+            self._total = np.zeros((self.shape[0], w.h, w.w), np.float32)
+            self._count = np.zeros((w.h, w.w), np.float32)
+            if self._single is not None:
+                self._total += self._single
+                self._count += 1.0
+                self._single = None
+        return self._total, self._count
 
     def set_whole(self, probs: np.ndarray) -> None:
         if not self.whole:
             raise ValueError("set_whole needs a stitcher whose window is the whole strip")
-        self.total[:] = probs
-        self.count[:] = 1.0
+        self._single, self._total, self._count = probs, None, None
+
+    def band(self) -> np.ndarray:
+        """The averaged maps over ``window`` only (C x window.h x window.w).
+
+        A new array, or the one tile's own map when a single tile filled the window.
+        """
+        if self._single is not None:
+            return self._single
+        total, count = self._sums()
+        return np.divide(total, np.maximum(count, 1.0))
 
     def result(self) -> np.ndarray:
-        if self.whole:
-            return self.total / np.maximum(self.count, 1.0)
-        # Outside the window nothing was added: 0, as total / max(count, 1) would give there.
+        """The whole strip's C x H x W map, a new array."""
         out = np.zeros(self.shape, np.float32)
         w = self.window
-        np.divide(
-            self.total, np.maximum(self.count, 1.0), out=out[:, w.y : w.y + w.h, w.x : w.x + w.w]
-        )
+        # Outside the window nothing was added: 0, as total / max(count, 1) would give there.
+        out[:, w.y : w.y + w.h, w.x : w.x + w.w] = self.band()
         return out

@@ -35,3 +35,33 @@ def test_defects_use_per_class_thresholds_and_encode_full_frame_masks() -> None:
     assert defect["score"] == 0.6
     np.testing.assert_array_equal(rle.decode(defect["mask_rle"], 8, 10), probs[0] >= 0.5)
     assert defect["mask_rle"] == "34 2 42 2"  # column-major, 1-based: columns 4 and 5, rows 1-2
+
+
+def test_bands_give_the_defects_of_the_whole_strip() -> None:
+    """Two apart bands of a strip that is 0 elsewhere: the same defects, in the same order."""
+    from edge.postprocess import defects_in_bands
+
+    spec = ModelSpec(
+        name="seg",
+        role="segmenter",
+        classes=("a", "b"),
+        thresholds={"mask": (0.5, 0.5), "min_area": (2, 1)},
+    )
+    rng = np.random.default_rng(3)
+    probs = np.zeros((2, 16, 40), np.float32)
+    for x0, x1 in ((3, 11), (20, 33)):
+        probs[:, :, x0:x1] = rng.random((2, 16, x1 - x0), dtype=np.float32)
+    probs[0, 4:6, 8:10] = probs[0, 4:6, 24:26] = 0.99  # equal areas in both bands
+    bands = [(3, probs[:, :, 3:11]), (20, probs[:, :, 20:33])]
+    whole = defects_from_probs(probs, spec)
+    assert defects_in_bands(bands, spec) == whole
+    assert {d["class_id"] for d in whole} == {1, 2}
+    areas = [c["area_px"] for c in whole[0]["components"]]
+    assert areas == sorted(areas, reverse=True) and len(areas) > 2
+
+
+def test_equal_components_go_left_to_right_then_top_to_bottom() -> None:
+    probs = np.zeros((10, 12), np.float32)
+    probs[6:8, 1:3] = probs[0:2, 8:10] = probs[0:2, 1:3] = 0.9
+    _, components = class_mask(probs, 0.5, min_area=1)
+    assert [c["bbox"][:2] for c in components] == [[1, 0], [1, 6], [8, 0]]

@@ -17,7 +17,7 @@ import pytest
 from edge.cascade import Cascade
 from edge.config import shipped_models
 from edge.modelspec import load_repository
-from edge.postprocess import defects_from_probs
+from edge.postprocess import strip_defects
 from edge.synthetic import strip_stream
 from edge.training.evaluate import evaluate
 from edge.training.labels import load_labelled
@@ -85,7 +85,7 @@ def test_synthetic_strips_are_told_apart(cascade: Cascade) -> None:
     for strip in itertools.islice(strip_stream(7, defect_rate=0.3), 60):
         (result,) = cascade.run([strip.image])
         found = (
-            {d["class_id"] for d in defects_from_probs(result.probs, spec, result.region)}
+            {d["class_id"] for d in strip_defects(result, spec)}
             if result.probs is not None
             else set()
         )
