@@ -68,7 +68,16 @@ class Config(BaseModel):
     rebuild_stale: bool = Field(
         False, description="rebuild a missing or stale TensorRT engine instead of refusing"
     )
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="inference workers, each with its own copy of the models; 0 = auto "
+        "(CPU: one per core, up to 4; GPU: 1)",
+    )
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = the cores / workers"
+    )
     max_batch: int = Field(32, gt=0, le=1024, description="tiles per model batch")
     max_wait_ms: float = Field(
         5.0, ge=0, description="how long a partial batch waits for more strips"

@@ -21,8 +21,15 @@ from pathlib import Path
 
 import structlog
 
-from edge.cascade import Cascade
 from edge.config import Config
+from edge.replicas import (
+    Replicas,
+    WorkerPlan,
+    load_replicas,
+    plan_workers,
+    runs_on_gpu,
+    usable_cores,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +46,7 @@ RESTART_KEYS = (
     "metrics",
     "pid_file",
     "daemon_id",
+    "workers",  # the inference threads are started once
 )
 
 
@@ -49,29 +57,47 @@ class ReloadError(RuntimeError):
 @dataclass
 class Prepared:
     config: Config
-    cascade: Cascade
+    replicas: Replicas
     needs_restart: list[str]
 
 
-def prepare(current: Config, read_config: Callable[[], Config] | None) -> Prepared:
+def prepare(current: Config, read_config: Callable[[], Config] | None, workers: int) -> Prepared:
     """Read the new config and load and self-test its models; raises whatever is wrong.
 
-    Keys in RESTART_KEYS keep their running values (listed in ``needs_restart`` if changed).
+    Keys in RESTART_KEYS keep their running values (listed in ``needs_restart`` if changed);
+    the models are loaded once for each of the ``workers`` running.
     """
     new = read_config() if read_config is not None else current
     changed = [key for key in RESTART_KEYS if getattr(new, key) != getattr(current, key)]
     if changed:
         new = new.model_copy(update={key: getattr(current, key) for key in changed})
-    return Prepared(new, load_cascade(new), changed)
+    return Prepared(new, load_models(new, workers=workers), changed)
 
 
-def load_cascade(cfg: Config) -> Cascade:
-    """The models a config names, loaded on its backend and self-tested."""
-    return Cascade.load(
+def worker_plan(cfg: Config, workers: int | None = None) -> WorkerPlan:
+    """How many inference workers a config gets here, and threads for each."""
+    gpu = runs_on_gpu(cfg.backend, cfg.engines)
+    plan = plan_workers(cfg.workers, cfg.threads, cores=usable_cores(), gpu=gpu)
+    if workers is not None and workers != plan.workers:
+        # A reload keeps the running workers; threads follow the new config for that count.
+        plan = plan_workers(workers, cfg.threads, cores=usable_cores(), gpu=gpu)
+    return plan
+
+
+def load_models(cfg: Config, workers: int | None = None) -> Replicas:
+    """The models a config names, one copy per worker, loaded on its backend and self-tested."""
+    plan = worker_plan(cfg, workers)
+    log.info(
+        "inference workers",
+        workers=plan.workers,
+        threads_per_worker=plan.threads or "onnxruntime default",
+        reason=plan.reason,
+    )
+    return load_replicas(
         cfg.models,
         cfg.backend,
+        plan=plan,
         max_batch=cfg.max_batch,
-        threads=cfg.threads,
         engines=cfg.engines,
         rebuild_stale=cfg.rebuild_stale,
     )
@@ -120,28 +146,28 @@ def signal_reload(pid_file: Path) -> int:
 
 
 class Handover:
-    """A reloaded cascade passed from the main thread to the inference thread, between batches."""
+    """Reloaded models passed from the reload thread to the inference workers, between batches."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: Cascade | None = None
+        self._waiting: Replicas | None = None
 
     @property
     def waiting(self) -> bool:
         return self._waiting is not None
 
-    def offer(self, cascade: Cascade) -> None:
+    def offer(self, replicas: Replicas) -> None:
         with self._lock:
-            superseded, self._waiting = self._waiting, cascade
+            superseded, self._waiting = self._waiting, replicas
         if superseded is not None:  # two reloads in a row: the first never served
             superseded.close()
 
-    def take(self) -> Cascade | None:
+    def take(self) -> Replicas | None:
         with self._lock:
-            cascade, self._waiting = self._waiting, None
-        return cascade
+            replicas, self._waiting = self._waiting, None
+        return replicas
 
     def discard(self) -> None:
-        cascade = self.take()
-        if cascade is not None:
-            cascade.close()
+        replicas = self.take()
+        if replicas is not None:
+            replicas.close()

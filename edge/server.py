@@ -1,16 +1,17 @@
 """The daemon's lifecycle: startup -> main loop -> shutdown, and the three threads it runs.
 
-    receiver thread   SUB socket -> validate/decode -> WorkQueue (bounded; rejects and drops
-                      become events right here)
-    inference thread  WorkQueue -> batches across cameras -> Cascade.infer (the models)
-    publisher thread  Cascade.finish (stitching) and post-processing of each inferred batch
-                      into result events, while the models run the next one; events -> PUB
-                      socket; a periodic status message (edge.publishing)
+    receiver thread    SUB socket -> validate/decode -> WorkQueue (bounded; rejects and drops
+                       become events right here)
+    inference workers  WorkQueue -> batches across cameras -> Cascade.infer on the worker's
+                       own copy of the models; each batch gets a ticket (edge.inference)
+    publisher thread   Cascade.finish (stitching) and post-processing of each inferred batch
+                       into result events, in ticket order, while the models run the next
+                       ones; events -> PUB socket; a periodic status message (edge.publishing)
 
 The main thread loads the models, binds the sockets (CURVE optional), starts the metrics/health
-HTTP server if asked, tells systemd READY=1, then watches: watchdog pings only while the
-inference loop goes round, reloads on SIGHUP. SIGTERM/SIGINT set ``should_exit``; shutdown stops
-receiving, lets the inference thread finish what is queued (bounded by ``drain_timeout_s``;
+HTTP server if asked, tells systemd READY=1, then watches: watchdog pings only while every
+inference worker goes round, reloads on SIGHUP. SIGTERM/SIGINT set ``should_exit``; shutdown stops
+receiving, lets the inference workers finish what is queued (bounded by ``drain_timeout_s``;
 frames it cannot finish get a ``drop`` event with reason ``shutdown``), publishes every event and
 a final status, then closes the sockets.
 """
@@ -21,7 +22,6 @@ import queue
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -29,37 +29,37 @@ import structlog
 import zmq
 
 from edge import protocol
-from edge.cascade import Cascade
 from edge.config import Config
 from edge.frames import Frame
+from edge.inference import InferenceWorkers
 from edge.ledger import Ledger
 from edge.metrics import HealthServer, Metrics, readiness
 from edge.notify import Heartbeat, Notifier
 from edge.protocol import ProtocolError
-from edge.publishing import STOP, Batch, PublishLoop, Retire
-from edge.reload import Handover, load_cascade, prepare, remove_pid_file, write_pid_file
+from edge.publishing import STOP, PublishLoop
+from edge.reload import Handover, load_models, prepare, remove_pid_file, write_pid_file
+from edge.replicas import Replicas
 from edge.security import CurveServer, SecurityError
 from edge.sinks import EventPublisher
 from edge.sinks import result_events as result_events  # re-exported: edge bench runs it
 from edge.sources import FrameReceiver, read_frame
-from edge.workqueue import Closed, WorkQueue
+from edge.workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Batches inferred but not yet post-processed and published (see Server._infer).
-_PENDING_BATCHES = 2
 
 
 class Server:
     def __init__(
         self,
         config: Config,
-        cascade: Cascade | None = None,
+        replicas: Replicas | None = None,
         read_config: Callable[[], Config] | None = None,
     ) -> None:
         """``read_config`` re-reads the configuration on reload (default: the same one)."""
         self.config = config
-        self.cascade = cascade
+        self.replicas = replicas  # until startup hands them to the inference workers
+        self.workers: InferenceWorkers | None = None
         self._read_config = read_config
         self._reload_requested = threading.Event()
         self._reloader: threading.Thread | None = None
@@ -71,19 +71,12 @@ class Server:
         self.bound_sources: list[str] = []
         self.failure: BaseException | None = None
         self._stop_receiving = threading.Event()
-        self._abandon = threading.Event()  # drain ran out of time: stop after the current batch
         self._queue: WorkQueue[Frame] = WorkQueue(config.queue_size, config.overload)
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._context: zmq.Context | None = None
         self._threads: list[threading.Thread] = []
         self._started_at = time.monotonic()
-        self.batches = 0
-        self.batch_sizes: Counter[int] = Counter()  # strips per batch, for the shutdown log
-        self._pending = threading.BoundedSemaphore(_PENDING_BATCHES)
         self.notifier = Notifier()
-        # Monotonic time the inference loop last went round: the watchdog and /readyz trust
-        # only this, so a hung model stops both even while every other thread looks alive.
-        self.last_progress = time.monotonic()
         self.metrics = Metrics(
             queue_depth=lambda: len(self._queue),
             progress_age_s=lambda: time.monotonic() - self.last_progress,
@@ -119,8 +112,8 @@ class Server:
 
     def startup(self) -> None:
         cfg = self.config
-        if self.cascade is None:
-            self.cascade = load_cascade(cfg)
+        if self.replicas is None:
+            self.replicas = load_models(cfg)
         self._context = zmq.Context()
         secure = None
         if cfg.curve_secret_key is not None and cfg.curve_authorized_clients is not None:
@@ -149,19 +142,26 @@ class Server:
             raise
         self.publish_endpoint = publisher.endpoint
         self.bound_sources = receiver.bound
-        self.metrics.serving(self.cascade.classifier.backend.name, self.cascade.model_ids)
+        replicas = self.replicas
+        self.metrics.serving(replicas.backend_name, replicas.model_ids)
         if self.health is not None:
             self.health.start()
         self._started_at = time.monotonic()
-        self.last_progress = time.monotonic()
+        workers = self.workers = InferenceWorkers(
+            replicas, self._queue, self._outbox, self._handover, self.metrics,
+            lambda: self.config, lambda: self.failure is not None,
+        )  # fmt: skip
         self._publishing = PublishLoop(
-            self._outbox, self._pending, self.ledger, self.metrics, self.status,
+            self._outbox, workers.in_flight, self.ledger, self.metrics, self.status,
             lambda: self.config,
         )  # fmt: skip
         self._threads = [
             threading.Thread(target=self._guard(self._publishing.run, publisher), name="publisher"),
-            threading.Thread(target=self._guard(self._inference_loop), name="inference"),
             threading.Thread(target=self._guard(self._receive_loop, receiver), name="receiver"),
+            *[
+                threading.Thread(target=self._guard(workers.run, i), name=f"inference-{i}")
+                for i in range(workers.count)
+            ],
         ]
         for thread in self._threads:
             thread.start()
@@ -170,23 +170,39 @@ class Server:
             publish=self.publish_endpoint,
             sources=cfg.sources,
             bind_sources=self.bound_sources,
-            models=self.cascade.model_ids,
-            backend=self.cascade.classifier.backend.name,
+            models=replicas.model_ids,
+            backend=replicas.backend_name,
+            workers=workers.count,
+            threads_per_worker=replicas.plan.threads,
             metrics=self.health and "http://{}:{}/metrics".format(*self.health.address),
         )
         if cfg.pid_file is not None:
             write_pid_file(cfg.pid_file)
         self.started.set()
         self.notifier.ready(
-            f"ready: models {self.cascade.model_ids}, publishing on {self.publish_endpoint}"
+            f"ready: models {replicas.model_ids}, publishing on {self.publish_endpoint}"
         )
 
+    @property
+    def models(self) -> Replicas | None:
+        """The models serving now (the workers' once started: a reload replaces them)."""
+        return self.workers.replicas if self.workers is not None else self.replicas
+
+    @property
+    def last_progress(self) -> float:
+        """Monotonic time the slowest inference worker last went round.
+
+        The watchdog and /readyz trust only this, so a hung model stops both even while every
+        other thread looks alive.
+        """
+        return self.workers.last_progress if self.workers is not None else self._started_at
+
     def progressing(self) -> bool:
-        """Whether the inference loop went round within ``stall_timeout_s``."""
+        """Whether every inference worker went round within ``stall_timeout_s``."""
         return time.monotonic() - self.last_progress < self.config.stall_timeout_s
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why) for /readyz: models loaded and the inference loop going round."""
+        """(ready, why) for /readyz: models loaded and the inference workers going round."""
         return readiness(
             self.started.is_set(),
             self.should_exit.is_set(),
@@ -221,7 +237,8 @@ class Server:
             except SecurityError as err:
                 log.error("reload: authorized clients kept as they were", error=str(err))
         try:
-            prepared = prepare(self.config, self._read_config)
+            running = self.workers.count if self.workers is not None else None
+            prepared = prepare(self.config, self._read_config, workers=running)
         except Exception as err:  # any reason at all: the running daemon stays as it was
             log.error("reload refused; the running models keep serving", error=str(err))
             self.metrics.reloads.labels("refused").inc()
@@ -231,11 +248,12 @@ class Server:
             log.warning("reload: this key needs a restart; keeping the running value", key=key)
         cfg = self.config = prepared.config
         self._queue.capacity, self._queue.policy = cfg.queue_size, cfg.overload
-        self._handover.offer(prepared.cascade)
+        models = prepared.replicas
+        self._handover.offer(models)
         self.metrics.reloads.labels("ok").inc()
-        self.metrics.serving(prepared.cascade.classifier.backend.name, prepared.cascade.model_ids)
-        log.info("reloaded", models=prepared.cascade.model_ids)
-        self.notifier.ready(f"reloaded: models {prepared.cascade.model_ids}")
+        self.metrics.serving(models.backend_name, models.model_ids)
+        log.info("reloaded", models=models.model_ids)
+        self.notifier.ready(f"reloaded: models {models.model_ids}")
         return True
 
     def shutdown(self) -> None:
@@ -246,14 +264,18 @@ class Server:
             if self.health is not None:
                 self.health.close()
             return
-        receiver, inference, publisher = self._threads[2], self._threads[1], self._threads[0]
+        publisher, receiver, inference = self._threads[0], self._threads[1], self._threads[2:]
         self._stop_receiving.set()
         receiver.join()
         self._queue.close()
-        inference.join(self.config.drain_timeout_s)
-        if inference.is_alive():
-            self._abandon.set()
-            inference.join()
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        for worker in inference:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.is_alive() for worker in inference):
+            assert self.workers is not None
+            self.workers.abandon.set()
+            for worker in inference:
+                worker.join()
         for frame in self._queue.take_all():
             self._drop(frame, "shutdown")
         if self._reloader is not None:
@@ -262,13 +284,14 @@ class Server:
         self._outbox.put(STOP)
         publisher.join()
         self._close_context()
-        if self.cascade is not None:
-            self.cascade.close()
+        if self.models is not None:
+            self.models.close()
+        sizes = self.workers.batch_sizes if self.workers is not None else {}
         log.info(
             "daemon stopped",
             counts=self.ledger.snapshot(),
             batches=self.batches,
-            batch_sizes={str(k): v for k, v in sorted(self.batch_sizes.items())},
+            batch_sizes={str(k): v for k, v in sorted(sizes.items())},
         )
         self.notifier.close()
         if self.health is not None:
@@ -342,69 +365,6 @@ class Server:
                 self.metrics.gap(camera, event["missing"])
             self._emit(camera, event)
 
-    # -- inference thread ------------------------------------------------------------------
-
-    def _inference_loop(self) -> None:
-        max_strips = self._strips_per_batch()
-        while not self._abandon.is_set():
-            self.last_progress = time.monotonic()
-            if self._handover.waiting:
-                self._adopt_reloaded()
-                max_strips = self._strips_per_batch()
-            try:
-                batch = self._queue.get_batch(max_strips, self.config.max_wait_ms / 1000)
-            except Closed:
-                return
-            if batch:
-                self._infer(batch)
-
-    def _strips_per_batch(self) -> int:
-        assert self.cascade is not None
-        tiles_per_strip = max(1, len(self.cascade.classifier.inputs.windows(256, 1600)))
-        return max(1, self.config.max_batch // tiles_per_strip)
-
-    def _adopt_reloaded(self) -> None:
-        """Between two batches: serve the reloaded cascade; retire the old one in order."""
-        new = self._handover.take()
-        if new is not None:
-            if self.cascade is not None:
-                self._outbox.put(Retire(self.cascade))
-            self.cascade = new
-
-    def _infer(self, frames: list[Frame]) -> None:
-        cascade = self.cascade
-        assert cascade is not None
-        start = time.perf_counter()
-        try:
-            inferred = cascade.infer([f.pixels for f in frames])
-        except Exception:
-            if len(frames) > 1:
-                # Find the frame that breaks the batch so the others still get results.
-                for frame in frames:
-                    self._infer([frame])
-                return
-            frame = frames[0]
-            log.exception("inference failed", camera=frame.header.camera, seq=frame.header.seq)
-            self._reject(
-                frame.header.camera,
-                frame.header.seq,
-                f"inference failed on a {list(frame.header.shape)} frame",
-                frame.header.ts_ns,
-            )
-            return
-        self.metrics.stage("infer", time.perf_counter() - start)
-        self.metrics.batch_strips.observe(len(frames))
-        self.batches += 1
-        self.batch_sizes[len(frames)] += 1
-        # Stitching and post-processing (thresholds, components, RLE) run on the publisher
-        # thread, so the models start on the next batch meanwhile. A few batches at most wait
-        # for it: memory stays bounded, and a publisher that falls behind slows inference,
-        # which sheds load.
-        while not self._pending.acquire(timeout=0.1):
-            if self.failure is not None:
-                return  # the publisher died: nothing can be published any more
-        self._outbox.put(Batch(frames, inferred, cascade))
-
     # -- events ----------------------------------------------------------------------------
 
     def _emit(self, camera: str, event: dict[str, Any]) -> None:
@@ -421,6 +381,10 @@ class Server:
         self.metrics.drop(frame.header.camera, reason)
         self._emit(frame.header.camera, protocol.drop_event(frame.header, reason))
 
+    @property
+    def batches(self) -> int:
+        return self.workers.batches if self.workers is not None else 0
+
     def status(self) -> dict[str, Any]:
         return protocol.status_event(
             self.config.daemon_id,
@@ -428,5 +392,5 @@ class Server:
             cameras=self.ledger.snapshot(),
             queue_depth=len(self._queue),
             batches=self.batches,
-            models=self.cascade.model_ids if self.cascade else {},
+            models=self.models.model_ids if self.models is not None else {},
         )

@@ -91,9 +91,11 @@ def test_health_and_readiness_follow_the_inference_loop(
     assert get(daemon, "/nothing-here")[0] == 404
 
     release = threading.Event()
-    cascade = daemon.server.cascade
-    real_infer = cascade.infer
-    monkeypatch.setattr(cascade, "infer", lambda images: (release.wait(30), real_infer(images))[1])
+    for lane in daemon.server.models.lanes:  # every inference worker's copy of the models
+        real = lane.infer
+        monkeypatch.setattr(
+            lane, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
+        )
     camera_socket(daemon.source).send_multipart(frame_parts("cam1", 0, gray_strip()))
     deadline = time.monotonic() + 10
     while get(daemon, "/readyz")[0] == 200:

@@ -134,9 +134,11 @@ def test_daemon_is_ready_pings_only_while_inference_progresses_and_says_stopping
 
     # A model that hangs: the inference loop stops going round, so the pings stop.
     release = threading.Event()
-    cascade = daemon.server.cascade
-    real_infer = cascade.infer
-    monkeypatch.setattr(cascade, "infer", lambda images: (release.wait(30), real_infer(images))[1])
+    for lane in daemon.server.models.lanes:  # every inference worker's copy of the models
+        real = lane.infer
+        monkeypatch.setattr(
+            lane, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
+        )
     camera_socket(daemon.source).send_multipart(frame_parts("cam1", 0, gray_strip()))
     listener.collect(1.0)  # pings sent before the stall timeout ran out
     stalled = listener.collect(1.0)
@@ -195,9 +197,9 @@ def test_watchdog_pings_go_on_while_a_slow_reload_loads_models(
     listener.wait_for("READY")
     real_prepare = edge.server.prepare
 
-    def slow_prepare(*args: Any) -> Any:
+    def slow_prepare(*args: Any, **kwargs: Any) -> Any:
         time.sleep(1.5)  # a TensorRT engine can take far longer than WatchdogSec to load
-        return real_prepare(*args)
+        return real_prepare(*args, **kwargs)
 
     monkeypatch.setattr(edge.server, "prepare", slow_prepare)
     daemon.server.handle_reload(1, None)  # what SIGHUP does

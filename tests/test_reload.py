@@ -59,7 +59,7 @@ def test_reload_swaps_models_and_thresholds_while_frames_flow(
 ) -> None:
     daemon = start_daemon(models=repo, queue_size=256, metrics="127.0.0.1:0")
     cam = camera_socket(daemon.source)
-    old_ids = daemon.server.cascade.model_ids
+    old_ids = daemon.server.models.model_ids
     sent = 80
 
     def send() -> None:
@@ -91,10 +91,10 @@ def test_a_broken_model_is_refused_and_the_old_one_keeps_serving(
     start_daemon, camera_socket, repo: Path, capsys
 ) -> None:
     daemon = start_daemon(models=repo, metrics="127.0.0.1:0")
-    before = daemon.server.cascade.model_ids
+    before = daemon.server.models.model_ids
     break_model(repo, "segmenter")
     assert daemon.server.reload() is False
-    assert daemon.server.cascade.model_ids == before
+    assert daemon.server.models.model_ids == before
     cam = camera_socket(daemon.source)
     cam.send_multipart(frame_parts("cam1", 0, defect_strip()))
     (event,) = per_frame(daemon.subscriber.wait_for(lambda ev: per_frame(ev)))

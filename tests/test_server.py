@@ -211,17 +211,16 @@ def test_a_failing_post_processing_rejects_its_frames_and_the_daemon_serves_on(
     start_daemon, camera_socket, monkeypatch
 ) -> None:
     daemon = start_daemon()
-    cascade = daemon.server.cascade
-    real_finish = cascade.finish
     calls = {"n": 0}
+    for lane in daemon.server.models.lanes:  # every inference worker's copy of the models
 
-    def finish_failing_once(inferred: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("simulated post-processing fault")
-        return real_finish(inferred)
+        def finish_failing_once(inferred: Any, real: Any = lane.finish) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("simulated post-processing fault")
+            return real(inferred)
 
-    monkeypatch.setattr(cascade, "finish", finish_failing_once)
+        monkeypatch.setattr(lane, "finish", finish_failing_once)
     cam = camera_socket(daemon.source)
     cam.send_multipart(frame_parts("cam1", 0, gray_strip()))
     daemon.subscriber.wait_for(lambda ev: per_frame(ev))

@@ -1,0 +1,153 @@
+"""The inference workers: batches from the work queue through the models, in tickets.
+
+Each worker thread owns one replica of the models (``edge.replicas``). Taking a batch, its ticket
+and the replica to run it on happen together under one lock, so tickets number the batches in
+the order they left the queue; the publisher puts results back in that order
+(``edge.publishing``), and a subscriber sees each camera's frames in the order they came even
+though two workers finish out of turn. A reload swaps the replicas under the same lock: every
+batch up to a known ticket ran on the old models, every later one on the new.
+
+A batch the models fail on is split, so one bad frame gets a ``reject`` and the others their
+results; every frame taken gets exactly one outcome.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from edge.cascade import Cascade, Inferred
+from edge.config import Config
+from edge.frames import Frame
+from edge.metrics import Metrics
+from edge.publishing import Batch, Part, Retire
+from edge.reload import Handover
+from edge.replicas import Replicas
+from edge.workqueue import Closed, WorkQueue
+
+log = structlog.get_logger(__name__)
+# Batches inferred but not yet published, beyond one per worker: memory stays bounded, and a
+# publisher that falls behind slows the workers, which sheds load at the queue.
+WAITING_FOR_PUBLISHER = 2
+
+
+class InferenceWorkers:
+    def __init__(
+        self,
+        replicas: Replicas,
+        queue: WorkQueue[Frame],
+        outbox: Any,
+        handover: Handover,
+        metrics: Metrics,
+        config: Callable[[], Config],
+        failed: Callable[[], bool],
+    ) -> None:
+        self.replicas = replicas
+        self.count = len(replicas.lanes)
+        self._queue = queue
+        self._outbox = outbox
+        self._handover = handover
+        self._metrics = metrics
+        self._config = config  # read per batch: a reload may change max_wait_ms
+        self._failed = failed
+        self._take = threading.Lock()  # a batch, its ticket and its replica, taken together
+        self._next_ticket = 0
+        # Tickets out (taken, not yet published): a worker holds one from before it takes a
+        # batch, so the oldest ticket can always be delivered and the publisher never waits
+        # on a worker that waits on it.
+        self.in_flight = threading.BoundedSemaphore(self.count + WAITING_FOR_PUBLISHER)
+        self.abandon = threading.Event()  # drain ran out of time: stop after the current batch
+        self._progress = [time.monotonic()] * self.count
+        self.batches = 0
+        self.batch_sizes: Counter[int] = Counter()  # strips per batch, for the shutdown log
+
+    @property
+    def last_progress(self) -> float:
+        """When the worker that has gone longest without going round last went round."""
+        return min(self._progress)
+
+    def restart_clock(self) -> None:
+        self._progress = [time.monotonic()] * self.count
+
+    def run(self, index: int) -> None:
+        """Worker ``index``'s loop, until the queue closes, or the drain runs out of time."""
+        while not self.abandon.is_set():
+            self._progress[index] = time.monotonic()
+            if not self._acquire_ticket():
+                return
+            try:
+                taken = self._take_batch(index)
+            except Closed:
+                self.in_flight.release()
+                return
+            if taken is None:
+                self.in_flight.release()
+                continue
+            ticket, lane, frames = taken
+            start = time.perf_counter()
+            parts = infer_parts(lane, frames)
+            self._metrics.stage("infer", time.perf_counter() - start)
+            self._metrics.batch_strips.observe(len(frames))
+            self._outbox.put(Batch(ticket, frames, parts, lane))
+
+    def _acquire_ticket(self) -> bool:
+        while not self.in_flight.acquire(timeout=0.1):
+            if self._failed():
+                return False  # the publisher died: nothing can be published any more
+        return True
+
+    def _take_batch(self, index: int) -> tuple[int, Cascade, list[Frame]] | None:
+        with self._take:
+            if self._handover.waiting:
+                self._adopt_reloaded()
+            lane = self.replicas.lanes[index]
+            frames = self._queue.get_batch(
+                strips_per_batch(lane, self._config().max_batch),
+                self._config().max_wait_ms / 1000,
+            )
+            if not frames:
+                return None
+            ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
+            self.batches += 1
+            self.batch_sizes[len(frames)] += 1
+            return ticket, lane, frames
+
+    def _adopt_reloaded(self) -> None:
+        """Serve the reloaded models from the next ticket on; retire the old after the last."""
+        new = self._handover.take()
+        if new is None:
+            return
+        if len(new.lanes) != self.count:  # prepare() loads one per running worker
+            log.error("reload has the wrong number of model copies; keeping the running ones")
+            new.close()
+            return
+        self._outbox.put(Retire(self.replicas, after_ticket=self._next_ticket - 1))
+        self.replicas = new
+
+
+def strips_per_batch(cascade: Cascade, max_batch: int) -> int:
+    """Whole strips whose classifier tiles fit ``max_batch`` (at least one)."""
+    tiles_per_strip = max(1, len(cascade.classifier.inputs.windows(256, 1600)))
+    return max(1, max_batch // tiles_per_strip)
+
+
+def infer_parts(cascade: Cascade, frames: list[Frame]) -> list[Part]:
+    """The models on a batch; if they fail, on each frame alone, so only a bad frame is lost.
+
+    Returns, in frame order, (frames, Inferred) for what ran and (one frame, reason) for a
+    frame the models failed on.
+    """
+    try:
+        inferred: Inferred | str = cascade.infer([f.pixels for f in frames])
+    except Exception:
+        if len(frames) > 1:
+            return [part for frame in frames for part in infer_parts(cascade, [frame])]
+        header = frames[0].header
+        log.exception("inference failed", camera=header.camera, seq=header.seq)
+        inferred = f"inference failed on a {list(header.shape)} frame"
+    return [(frames, inferred)]
