@@ -68,8 +68,16 @@ def run(
     overload: Annotated[
         str | None, typer.Option(help="drop-oldest | block (default: drop-oldest)")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Inference workers, each with its own copy of the models; 0 = auto "
+            "(CPU: one per core, up to 4; GPU: 1). (default: 0)"
+        ),
+    ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="ONNX Runtime threads; 0 = all cores. (default: 0)")
+        int | None,
+        typer.Option(help="ONNX Runtime threads per worker; 0 = cores / workers. (default: 0)"),
     ] = None,
     daemon_id: Annotated[
         str | None, typer.Option(help="Name in status topics. (default: hostname)")
@@ -112,6 +120,7 @@ def run(
         max_wait_ms=max_wait_ms,
         queue_size=queue_size,
         overload=overload,
+        workers=workers,
         threads=threads,
         daemon_id=daemon_id,
         log_format=log_format,

@@ -228,3 +228,21 @@ def test_a_failing_post_processing_rejects_its_frames_and_the_daemon_serves_on(
     first, second = per_frame(daemon.subscriber.wait_for(lambda ev: len(per_frame(ev)) >= 2))
     assert first["kind"] == "reject" and "post-processing failed" in first["reason"]
     assert second["kind"] == "result" and second["seq"] == 1
+
+
+def test_two_workers_publish_each_cameras_results_in_the_order_its_frames_came(
+    start_daemon, camera_socket
+) -> None:
+    daemon = start_daemon(workers=2, threads=1, max_batch=7, queue_size=256)  # 1 strip a batch
+    assert daemon.server.workers is not None and daemon.server.workers.count == 2
+    slow = gray_strip()
+    slow[::7, ::7] = 0  # every tile flagged and segmented: many times a clean strip's work
+    cams = {name: camera_socket(daemon.source) for name in ("cam1", "cam2")}
+    for seq in range(30):
+        for name, sock in cams.items():
+            sock.send_multipart(frame_parts(name, seq, slow if seq % 3 == 0 else gray_strip()))
+    events = per_frame(daemon.subscriber.wait_for(lambda ev: len(per_frame(ev)) >= 60, 60))
+    assert all(e["kind"] == "result" for e in events)
+    for name in cams:
+        assert [e["seq"] for e in events if e["camera"] == name] == list(range(30))
+    assert daemon.server.workers.batch_sizes == {1: 60}

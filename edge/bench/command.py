@@ -45,7 +45,17 @@ def bench(
     ] = None,
     pool: Annotated[int, typer.Option(min=1, help="Distinct strips, cycled.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic strips.")] = 0,
-    threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads; 0 = all cores.")] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Inference workers, as the daemon's `workers` (0 = auto); the backend and "
+            "pipeline modes run as many streams.",
+        ),
+    ] = 0,
+    threads: Annotated[
+        int, typer.Option(min=0, help="ONNX Runtime threads per worker; 0 = cores / workers.")
+    ] = 0,
     max_batch: Annotated[
         int,
         typer.Option(
@@ -100,6 +110,7 @@ def bench(
         images=images,
         pool_size=pool,
         seed=seed,
+        workers=workers,
         threads=threads,
         max_batch=max_batch,
         cameras=cameras,

@@ -261,6 +261,7 @@ def _saturated(fig: dict[str, Any]) -> bool:
 class E2ESettings:
     models: Path
     backend: str
+    workers: int
     threads: int
     max_batch: int
     max_wait_ms: float
@@ -322,6 +323,7 @@ def run_e2e(
                 "--models", str(settings.models),
                 "--backend", settings.backend,
                 *(["--engines", str(settings.engines)] if settings.engines else []),
+                "--workers", str(settings.workers),
                 "--threads", str(settings.threads),
                 "--max-batch", str(settings.max_batch),
                 "--max-wait-ms", str(settings.max_wait_ms),
@@ -459,6 +461,7 @@ def _section(
             "max_batch": settings.max_batch,
             "max_wait_ms": settings.max_wait_ms,
             "queue_size": settings.queue_size,
+            "workers": settings.workers,
             "threads": settings.threads,
             "overload": "drop-oldest",
             "ramp_step_s": settings.step_s,

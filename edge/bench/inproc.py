@@ -1,16 +1,19 @@
 """The in-process modes: bare models (backend), the daemon's cascade (pipeline), the naive way.
 
-All three run in this process on one thread with the same model sessions, so their ratios
-compare batching and gating, not two differently configured runtimes. Each is measured in
-slices (``run_for``) that the runner interleaves, so work elsewhere on the machine that comes
-and goes weighs on every mode alike instead of on whichever ran at the wrong moment.
+The backend and pipeline modes run as the daemon runs its models: one stream per inference
+worker, each on its own copy of the models (``edge.replicas``), all at once; the ceiling is
+then what the bare models do in the daemon's own arrangement. Naive is one stream on one
+session over all cores, the way the seed scripts ran. Each mode is measured in slices
+(``run_for``) that the runner interleaves, so work elsewhere on the machine that comes and goes
+weighs on every mode alike instead of on whichever ran at the wrong moment.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,7 @@ from edge.bench.stats import latency_summary
 from edge.bench.workload import StripPool
 from edge.cascade import Cascade, Stage
 from edge.frames import Frame
+from edge.inference import strips_per_batch
 from edge.postprocess import defects_from_probs
 from edge.protocol import pack, result_event
 from edge.server import result_events
@@ -30,9 +34,16 @@ def tiles_per_strip(cascade: Cascade, height: int = 256, width: int = 1600) -> i
     return max(1, len(cascade.classifier.inputs.windows(height, width)))
 
 
-def strips_per_batch(cascade: Cascade, max_batch: int) -> int:
-    """How many strips the daemon puts in one batch when its queue is full (see Server)."""
-    return max(1, max_batch // tiles_per_strip(cascade))
+def in_parallel(work: Callable[[int], None], streams: int) -> None:
+    """``work(i)`` for each of ``streams`` streams at once (on this thread when there is one)."""
+    if streams == 1:
+        work(0)
+        return
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _histogram(counts: Counter[int]) -> dict[str, int]:
@@ -52,10 +63,17 @@ class _Timed:
 
 
 class BackendBench:
-    """Tiles/s of each model at each batch size: the ceiling everything else is held against."""
+    """Tiles/s of each model at each batch size: the ceiling everything else is held against.
 
-    def __init__(self, cascade: Cascade, pool: StripPool, batches: Sequence[int]) -> None:
-        self.stages = {"classifier": cascade.classifier, "segmenter": cascade.segmenter}
+    With several cascades (one per inference worker), each model runs on all of them at once,
+    each copy in its own thread, and tiles/s is their sum.
+    """
+
+    def __init__(
+        self, cascades: Sequence[Cascade], pool: StripPool, batches: Sequence[int]
+    ) -> None:
+        self.lanes = [{"classifier": c.classifier, "segmenter": c.segmenter} for c in cascades]
+        self.stages = self.lanes[0]
         self.batches = list(batches)
         self.runs: dict[tuple[str, int], dict[str, Any]] = {}
         self.inputs: dict[tuple[str, int], np.ndarray] = {}
@@ -65,7 +83,8 @@ class BackendBench:
                 if getattr(stage.backend, "fixed_batch", None):
                     size = min(asked, stage.backend.max_batch)  # a fixed-batch model caps it
                 batch = _tile_batch(stage, pool, size)
-                stage.backend.infer(batch)  # warm-up: first-run allocations are not throughput
+                for lane in self.lanes:  # warm-up: first-run allocations are not throughput
+                    lane[role].backend.infer(batch)
                 self.inputs[role, asked] = batch
                 self.runs[role, asked] = {
                     "batch": size,
@@ -86,15 +105,20 @@ class BackendBench:
             runs = {key: run for key, run in self.runs.items() if best[key[0]] == key[1]}
         share = seconds / len(runs)
         for (role, asked), run in runs.items():
-            backend, batch = self.stages[role].backend, self.inputs[role, asked]
+            batch = self.inputs[role, asked]
+            backends = [lane[role].backend for lane in self.lanes]
+            per_stream: list[list[float]] = [[] for _ in self.lanes]
             start = time.perf_counter()
-            calls = 0
-            while time.perf_counter() - start < share or not calls:
-                t0 = time.perf_counter()
-                backend.infer(batch)
-                run["calls"].append(time.perf_counter() - t0)
-                calls += 1
+            in_parallel(
+                lambda i, b=backends, x=batch, c=per_stream, u=start + share: _call_until(
+                    b[i], x, u, c[i]
+                ),
+                len(self.lanes),
+            )
             elapsed = time.perf_counter() - start
+            calls = sum(len(c) for c in per_stream)
+            for c in per_stream:
+                run["calls"].extend(c)
             run["seconds"] += elapsed
             run["per_round"].append(round(calls * run["batch"] / elapsed, 2))
 
@@ -112,7 +136,9 @@ class BackendBench:
         )
 
     def section(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"settings": {"batch_sizes": self.batches}}
+        out: dict[str, Any] = {
+            "settings": {"batch_sizes": self.batches, "streams": len(self.lanes)}
+        }
         for role, stage in self.stages.items():
             runs = []
             for asked in self.batches:
@@ -140,6 +166,14 @@ class BackendBench:
             }
         out["settings"]["seconds"] = round(sum(r["seconds"] for r in self.runs.values()), 3)
         return out
+
+
+def _call_until(backend: Any, batch: np.ndarray, until: float, calls: list[float]) -> None:
+    """Call the model on ``batch`` until ``until`` (at least once), timing each call."""
+    while time.perf_counter() < until or not calls:
+        t0 = time.perf_counter()
+        backend.infer(batch)  # every stream gets the same input: it is only read
+        calls.append(time.perf_counter() - t0)
 
 
 def _tile_batch(stage: Stage, pool: StripPool, size: int) -> np.ndarray:
@@ -181,17 +215,23 @@ class PipelineBench(_Timed):
     """decode -> tile -> classify -> gate -> segment -> stitch -> post-process -> encode.
 
     Batches hold as many strips as the daemon's batches do at saturation; everything after
-    decoding is the daemon's own code (``Cascade.run``, ``edge.server.result_events``).
+    decoding is the daemon's own code (``Cascade.run``, ``edge.server.result_events``). One
+    stream per cascade (per inference worker) takes the strips in turn, as the daemon's
+    workers take batches.
     """
 
-    def __init__(self, cascade: Cascade, pool: StripPool, *, max_batch: int, cameras: int) -> None:
+    def __init__(
+        self, cascades: Sequence[Cascade], pool: StripPool, *, max_batch: int, cameras: int
+    ) -> None:
         super().__init__()
-        self.cascade = cascade
+        self.cascades = list(cascades)
+        cascade = self.cascades[0]
         self.per_batch = strips_per_batch(cascade, max_batch)
         self.max_batch = max_batch
         self.cameras = cameras
         self.messages = _messages(pool, cameras)
         self.strips = self.classified = self.segmented = self.defective = 0
+        self._take = threading.Lock()
         self.histograms: dict[str, Counter[int]] = {
             "strips": Counter(),
             "classifier_tiles": Counter(),
@@ -199,35 +239,42 @@ class PipelineBench(_Timed):
         }
 
     def run_for(self, seconds: float) -> None:
-        cascade = self.cascade
         start = time.perf_counter()
+        in_parallel(lambda i: self._stream(self.cascades[i], start + seconds), len(self.cascades))
+        self.seconds += time.perf_counter() - start
+
+    def _stream(self, cascade: Cascade, until: float) -> None:
         first = True
-        while first or time.perf_counter() - start < seconds:
+        while first or time.perf_counter() < until:
             first = False
+            with self._take:
+                n = self.strips
+                self.strips += self.per_batch
             t0 = time.perf_counter()
-            n = self.strips
             frames = [
                 read_frame(self.messages[(n + i) % len(self.messages)])
                 for i in range(self.per_batch)
             ]
             results = cascade.run([f.pixels for f in frames])
+            defective = 0
             for _, event in result_events(cascade, frames, results):
                 pack(event)
-                self.defective += event["defective"]
-            self.latencies_ms.extend([(time.perf_counter() - t0) * 1000] * self.per_batch)
-            self.strips += self.per_batch
+                defective += event["defective"]
+            latency_ms = (time.perf_counter() - t0) * 1000
             tiles = sum(r.windows_classified for r in results)
             segs = sum(r.windows_segmented for r in results)
-            self.classified += tiles
-            self.segmented += segs
-            self.histograms["strips"][self.per_batch] += 1
-            self.histograms["classifier_tiles"].update(
-                _chunks(tiles, cascade.classifier.backend.max_batch)
-            )
-            self.histograms["segmenter_tiles"].update(
-                _chunks(segs, cascade.segmenter.backend.max_batch)
-            )
-        self.seconds += time.perf_counter() - start
+            with self._take:
+                self.latencies_ms.extend([latency_ms] * self.per_batch)
+                self.defective += defective
+                self.classified += tiles
+                self.segmented += segs
+                self.histograms["strips"][self.per_batch] += 1
+                self.histograms["classifier_tiles"].update(
+                    _chunks(tiles, cascade.classifier.backend.max_batch)
+                )
+                self.histograms["segmenter_tiles"].update(
+                    _chunks(segs, cascade.segmenter.backend.max_batch)
+                )
 
     def section(self) -> dict[str, Any]:
         s, n = max(self.seconds, 1e-9), max(self.strips, 1)
@@ -247,6 +294,7 @@ class PipelineBench(_Timed):
             "settings": {
                 "strips_per_batch": self.per_batch,
                 "max_batch": self.max_batch,
+                "streams": len(self.cascades),
                 "cameras": self.cameras,
                 "latency_is": "decode start -> last event of its batch encoded",
             },

@@ -21,6 +21,7 @@ from edge.bench.report import render
 from edge.bench.stats import CpuMeter, machine_info, peak_rss_mb
 from edge.bench.workload import StripPool, image_pool, synthetic_pool
 from edge.cascade import Cascade
+from edge.replicas import WorkerPlan, plan_workers, runs_on_gpu, usable_cores
 
 MODES: Final = ("backend", "pipeline", "naive", "e2e")
 FORMAT_VERSION: Final = 1
@@ -47,7 +48,8 @@ class BenchSettings:
     images: Path | None = None
     pool_size: int = 100
     seed: int = 0
-    threads: int = 0
+    workers: int = 0  # as the daemon's `workers`: 0 = auto
+    threads: int = 0  # per worker, as the daemon's `threads`
     max_batch: int = 0  # the daemon's max_batch in pipeline and e2e; 0: the backend's best
     rounds: int = 4  # slices the in-process modes are interleaved in
     max_wait_ms: float = 5.0
@@ -77,14 +79,29 @@ def _gated_tiles_per_strip(cascade: Cascade, pool: StripPool) -> float:
     return total / len(pool)
 
 
-def _load(settings: BenchSettings, max_batch: int) -> Cascade:
+def worker_plan(settings: BenchSettings) -> WorkerPlan:
+    """The daemon's plan for these settings on this machine (``edge.replicas``)."""
+    gpu = runs_on_gpu(settings.backend, settings.engines)  # type: ignore[arg-type]
+    return plan_workers(settings.workers, settings.threads, cores=usable_cores(), gpu=gpu)
+
+
+def _load(settings: BenchSettings, max_batch: int, threads: int) -> Cascade:
     return Cascade.load(
         settings.models,
         settings.backend,  # type: ignore[arg-type]
         max_batch=max_batch,
-        threads=settings.threads,
+        threads=threads,
         engines=settings.engines,
     )
+
+
+def _load_lanes(
+    settings: BenchSettings, max_batch: int, plan: WorkerPlan, loaded: list[Cascade]
+) -> list[Cascade]:
+    """One cascade per inference worker, as the daemon loads them (also put on ``loaded``)."""
+    lanes = [_load(settings, max_batch, plan.threads) for _ in range(plan.workers)]
+    loaded.extend(lanes)
+    return lanes
 
 
 def _in_process(
@@ -95,41 +112,44 @@ def _in_process(
     progress: Progress,
     tasks: dict[str, Any],
     loaded: list[Cascade],
+    plan: WorkerPlan,
 ) -> tuple[int, str, inproc.BackendBench | None]:
     """backend, pipeline and naive, interleaved in rounds.
 
     Returns the daemon's max_batch, where it came from, and the backend bench (the e2e mode
-    samples it again between its steps). The backend mode has its own sessions (sized for its
-    largest batch); pipeline and naive share a cascade loaded with the max_batch the daemon
-    gets, as `edge run` would load it. Cascades go on ``loaded`` for the caller to close.
+    samples it again between its steps). The backend mode has its own copies of the models,
+    one per worker (sized for its largest batch); pipeline gets one per worker with the
+    max_batch the daemon gets, as `edge run` would load them; naive one on all cores, as the
+    seed scripts ran. Cascades go on ``loaded`` for the caller to close.
     """
     modes = [m for m in ("backend", "pipeline", "naive") if m in settings.modes]
     rounds = max(1, settings.rounds)
     benches: dict[str, Any] = {}
     load: dict[str, dict[str, float]] = {m: {} for m in modes}
     max_batch, source = settings.max_batch, "--max-batch"
-    cascade: Cascade | None = None
+    lanes: list[Cascade] = []
     for mode in modes:
         progress.start_task(tasks[mode])
     for r in range(rounds):
         for mode in modes:
             if mode not in benches:
                 if mode == "backend":
-                    loaded.append(_load(settings, max(settings.batches)))
-                    benches[mode] = inproc.BackendBench(loaded[-1], pool, settings.batches)
+                    backend_lanes = _load_lanes(settings, max(settings.batches), plan, loaded)
+                    benches[mode] = inproc.BackendBench(backend_lanes, pool, settings.batches)
                 else:
-                    if cascade is None:
-                        if not max_batch:
-                            max_batch, source = _auto_max_batch(benches.get("backend"))
-                        cascade = _load(settings, max_batch)
-                        loaded.append(cascade)
-                    benches[mode] = (
-                        inproc.PipelineBench(
-                            cascade, pool, max_batch=max_batch, cameras=settings.cameras
+                    if not max_batch:
+                        max_batch, source = _auto_max_batch(benches.get("backend"))
+                    if mode == "pipeline":
+                        lanes = _load_lanes(settings, max_batch, plan, loaded)
+                        benches[mode] = inproc.PipelineBench(
+                            lanes, pool, max_batch=max_batch, cameras=settings.cameras
                         )
-                        if mode == "pipeline"
-                        else inproc.NaiveBench(cascade, pool, cameras=settings.cameras)
-                    )
+                    else:
+                        # The seed scripts' way: one session, ONNX Runtime's default threads.
+                        loaded.append(_load(settings, max_batch, 0))
+                        benches[mode] = inproc.NaiveBench(
+                            loaded[-1], pool, cameras=settings.cameras
+                        )
             meter = CpuMeter()
             benches[mode].run_for(settings.duration_s / rounds)
             for key, value in meter.stop().items():
@@ -145,10 +165,10 @@ def _in_process(
 
 
 def _quick_estimate(
-    cascade: Cascade, pool: StripPool, max_batch: int, settings: BenchSettings
+    lanes: list[Cascade], pool: StripPool, max_batch: int, settings: BenchSettings
 ) -> float:
     """Strips/s of a short pipeline run: where the e2e ramp starts when nothing else ran."""
-    bench = inproc.PipelineBench(cascade, pool, max_batch=max_batch, cameras=settings.cameras)
+    bench = inproc.PipelineBench(lanes, pool, max_batch=max_batch, cameras=settings.cameras)
     bench.run_for(min(3.0, settings.duration_s))
     return float(bench.section()["strips_per_s"])
 
@@ -200,14 +220,15 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
         return update
 
     loaded: list[Cascade] = []
+    plan = worker_plan(settings)
     with progress:
         try:
             pool = _pool(settings)
             sections: dict[str, dict[str, Any]] = {}
             max_batch, max_batch_source, backend = _in_process(
-                settings, pool, sections, cpu, progress, tasks, loaded
+                settings, pool, sections, cpu, progress, tasks, loaded, plan
             )
-            cascade = _load(settings, max_batch)
+            cascade = _load(settings, max_batch, plan.threads)
             loaded.append(cascade)
             report["machine"]["backend"] = cascade.classifier.backend.describe()
             tiles_per_strip = inproc.tiles_per_strip(cascade)
@@ -228,7 +249,8 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
                 estimate = sections.get("pipeline", {}).get("strips_per_s")
                 if not estimate:
                     progress.update(tasks["e2e"], note="estimating")
-                    estimate = _quick_estimate(cascade, pool, max_batch, settings)
+                    lanes = _load_lanes(settings, max_batch, plan, loaded)
+                    estimate = _quick_estimate(lanes, pool, max_batch, settings)
 
                 between_s = min(BACKEND_BETWEEN_STEPS_S, settings.duration_s / 8)
 
@@ -245,7 +267,8 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
                         models=settings.models,
                         backend=settings.backend,
                         engines=settings.engines,
-                        threads=settings.threads,
+                        workers=plan.workers,
+                        threads=plan.threads,
                         max_batch=max_batch,
                         max_wait_ms=settings.max_wait_ms,
                         queue_size=settings.queue_size,
@@ -317,6 +340,9 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
         "defective_share_of_pool": pool.defective_share,
         "tiles_per_strip": tiles_per_strip,
         "max_batch_used": max_batch,
+        "workers_used": plan.workers,
+        "threads_per_worker_used": plan.threads,
+        "workers_source": plan.reason,
         "max_batch_source": max_batch_source,
         "segmented_tiles_per_strip": seg_per_strip,
         "segmented_tiles_per_strip_source": seg_source,

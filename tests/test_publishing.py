@@ -1,0 +1,146 @@
+"""The publisher thread puts inferred batches back in the order they left the queue."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from edge.config import load_config
+from edge.inference import infer_parts
+from edge.ledger import Ledger
+from edge.metrics import Metrics
+from edge.protocol import VERSION, event_topic, parse_event
+from edge.publishing import STOP, Batch, PublishLoop, Retire
+from edge.replicas import load_replicas, plan_workers
+from edge.sinks import EventPublisher
+from edge.sources import read_frame
+from tests.conftest import gray_strip
+from tests.test_server import frame_parts
+
+
+class Running:
+    """A PublishLoop on its own thread, publishing on loopback, with a SUB that reads it."""
+
+    def __init__(self, tiny_repo: Path) -> None:
+        self.context = zmq.Context()
+        self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.in_flight = threading.BoundedSemaphore(8)
+        config = load_config(
+            None, models=tiny_repo, bind_sources=["tcp://127.0.0.1:*"], status_interval_s=60.0
+        )
+        loop = PublishLoop(
+            self.outbox,
+            self.in_flight,
+            Ledger(),
+            Metrics(lambda: 0, lambda: 0.0),
+            lambda: {"v": VERSION, "kind": "status"},
+            lambda: config,
+        )
+        publisher = EventPublisher(self.context, "tcp://127.0.0.1:*")
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(publisher.endpoint)
+        self.thread = threading.Thread(target=loop.run, args=(publisher,))
+        self.thread.start()
+        assert self.sub.poll(10_000), "no status from the publisher"
+        self.sub.recv_multipart()  # connected: nothing published from now on can be missed
+
+    def receive_until(self, marker: str) -> list[dict[str, Any]]:
+        """Events up to the marker event ``{"kind": marker}`` (put on the outbox after)."""
+        self.outbox.put((event_topic("test"), {"v": VERSION, "kind": marker}))
+        events = []
+        while True:
+            assert self.sub.poll(10_000), f"no {marker!r} from the publisher"
+            _, body = parse_event(self.sub.recv_multipart())
+            if body.get("kind") == marker:
+                return events
+            events.append(body)
+
+    def stop(self) -> None:
+        self.outbox.put(STOP)
+        self.thread.join(10)
+        self.sub.close(0)
+        self.context.term()
+
+
+@pytest.fixture
+def running(tiny_repo: Path) -> Iterator[Running]:
+    loop = Running(tiny_repo)
+    yield loop
+    if loop.thread.is_alive():
+        loop.stop()
+
+
+def batch(lane: Any, ticket: int, seqs: list[int], in_flight: threading.BoundedSemaphore) -> Batch:
+    frames = [read_frame(frame_parts("cam1", seq, gray_strip())) for seq in seqs]
+    assert in_flight.acquire(timeout=1)  # as a worker holds one per ticket
+    return Batch(ticket, frames, infer_parts(lane, frames), lane)
+
+
+def test_batches_finished_out_of_turn_are_published_in_ticket_order(
+    running: Running, tiny_repo: Path
+) -> None:
+    replicas = load_replicas(tiny_repo, plan=plan_workers(1, 1, cores=1, gpu=False))
+    lane = replicas.first
+    try:
+        running.outbox.put(batch(lane, 2, [4, 5], running.in_flight))
+        running.outbox.put(batch(lane, 1, [2, 3], running.in_flight))
+        assert running.receive_until("held") == [], "published before ticket 0 came"
+        running.outbox.put(batch(lane, 0, [0, 1], running.in_flight))
+        events = running.receive_until("all")
+        assert [(e["kind"], e["seq"]) for e in events] == [("result", s) for s in range(6)]
+        for _ in range(8):  # every ticket's hold on the in-flight bound was given back
+            assert running.in_flight.acquire(timeout=1)
+    finally:
+        running.stop()
+        replicas.close()
+
+
+def test_retired_models_close_only_after_their_last_batch_is_published(
+    running: Running, tiny_repo: Path
+) -> None:
+    plan = plan_workers(1, 1, cores=1, gpu=False)
+    old = load_replicas(tiny_repo, plan=plan)
+    running.outbox.put(batch(old.first, 1, [1], running.in_flight))
+    running.outbox.put(Retire(old, after_ticket=1))
+    assert running.receive_until("retire queued") == []
+    assert hasattr(old.first.classifier.backend, "session"), "closed while a batch waited"
+    running.outbox.put(batch(old.first, 0, [0], running.in_flight))
+    assert [e["seq"] for e in running.receive_until("published")] == [0, 1]
+    assert not hasattr(old.first.classifier.backend, "session"), "never closed"
+    running.stop()
+
+
+def test_a_frame_the_models_fail_on_is_rejected_and_the_rest_get_results(
+    tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replicas = load_replicas(tiny_repo, plan=plan_workers(1, 1, cores=1, gpu=False))
+    lane = replicas.first
+    real_infer = lane.infer
+
+    def infer_failing_on_marked(images: list[Any]) -> Any:
+        if any(image[0, 0] == 7 for image in images):  # a fault this one frame triggers
+            raise RuntimeError("simulated model fault")
+        return real_infer(images)
+
+    monkeypatch.setattr(lane, "infer", infer_failing_on_marked)
+    marked = gray_strip()
+    marked[0, 0] = 7
+    try:
+        frames = [
+            read_frame(frame_parts("cam1", seq, image))
+            for seq, image in enumerate([gray_strip(), marked, gray_strip()])
+        ]
+        parts = infer_parts(lane, frames)
+    finally:
+        replicas.close()
+    outcomes = [(f.header.seq, isinstance(o, str)) for fs, o in parts for f in fs]
+    assert outcomes == [(0, False), (1, True), (2, False)]
+    (reason,) = [o for _, o in parts if isinstance(o, str)]
+    assert reason == "inference failed on a [256, 1600] frame"
