@@ -31,14 +31,17 @@ from edge.replicas import Replicas
 from edge.workqueue import Closed, WorkQueue
 
 log = structlog.get_logger(__name__)
-# Tickets out (taken, not yet published) per worker. A defective strip costs several clean
-# ones, and results leave in ticket order: a worker may run this many batches ahead of one
-# busy with a slow batch before it waits (measured on 2 cores: at 1 plus 2 spare, the workers
-# spent ~11 % of their time waiting; at 4 plus 2, under 1 %, and 13 % more results per second).
-# Memory stays bounded, and a publisher that falls behind slows the workers, which sheds load
-# at the queue.
-TICKETS_PER_WORKER = 4
+# Tickets out (taken, not yet sent) per worker. A defective strip costs several clean ones, and
+# events leave in ticket order: a worker may run this many batches ahead of one busy with a slow
+# batch before it waits (measured on 2 cores: at 1 plus 2 spare, the workers spent ~11 % of
+# their time waiting; at 4 plus 2, under 1 %). Only a batch's finished events wait for their
+# turn, so the window costs little memory.
+TICKETS_PER_WORKER = 8
 SPARE_TICKETS = 2
+# Batches inferred and waiting to be post-processed (probability maps: megabytes each), per
+# worker: memory stays bounded, and a publisher that falls behind slows the workers, which
+# sheds load at the queue.
+UNFINISHED_PER_WORKER = 1
 
 
 class InferenceWorkers:
@@ -62,10 +65,12 @@ class InferenceWorkers:
         self._failed = failed
         self._take = threading.Lock()  # a batch, its ticket and its replica, taken together
         self._next_ticket = 0
-        # Tickets out (taken, not yet published): a worker holds one from before it takes a
-        # batch, so the oldest ticket can always be delivered and the publisher never waits
-        # on a worker that waits on it.
-        self.in_flight = threading.BoundedSemaphore(self.count * TICKETS_PER_WORKER + SPARE_TICKETS)
+        # A worker holds a ticket from before it takes a batch, so the oldest ticket can always
+        # be delivered and the publisher never waits on a worker that waits on it.
+        self.tickets = threading.BoundedSemaphore(self.count * TICKETS_PER_WORKER + SPARE_TICKETS)
+        # The publisher post-processes batches as they come, in any order: waiting for this
+        # never waits on another ticket.
+        self.unfinished = threading.BoundedSemaphore(self.count * UNFINISHED_PER_WORKER)
         self.abandon = threading.Event()  # drain ran out of time: stop after the current batch
         self._progress = [time.monotonic()] * self.count
         self.batches = 0
@@ -83,25 +88,27 @@ class InferenceWorkers:
         """Worker ``index``'s loop, until the queue closes, or the drain runs out of time."""
         while not self.abandon.is_set():
             self._progress[index] = time.monotonic()
-            if not self._acquire_ticket():
+            if not self._acquire(self.tickets):
                 return
             try:
                 taken = self._take_batch(index)
             except Closed:
-                self.in_flight.release()
+                self.tickets.release()
                 return
             if taken is None:
-                self.in_flight.release()
+                self.tickets.release()
                 continue
             ticket, lane, frames = taken
             start = time.perf_counter()
             parts = infer_parts(lane, frames)
             self._metrics.stage("infer", time.perf_counter() - start)
             self._metrics.batch_strips.observe(len(frames))
+            if not self._acquire(self.unfinished):
+                return
             self._outbox.put(Batch(ticket, frames, parts, lane))
 
-    def _acquire_ticket(self) -> bool:
-        while not self.in_flight.acquire(timeout=0.1):
+    def _acquire(self, permits: threading.BoundedSemaphore) -> bool:
+        while not permits.acquire(timeout=0.1):
             if self._failed():
                 return False  # the publisher died: nothing can be published any more
         return True

@@ -1,10 +1,12 @@
 """The publisher thread: post-processing of inferred batches into result events, and sending.
 
 Stitching, thresholds, components and RLE run here, so the models start on the next batch
-meanwhile (see ``edge.inference``). Batches carry tickets and are published in ticket order,
-the order they left the work queue, whichever worker finished first. Everything else the
-daemon publishes (rejects, drops, gaps, restarts) arrives ready-made through the same outbox
-and leaves at once, with a status message every ``status_interval_s``.
+meanwhile (see ``edge.inference``). A batch is post-processed as soon as it arrives, whichever
+worker finished it; its events are then sent in ticket order, the order the batches left the
+work queue, so each camera's results leave in the order its frames came. Only the small
+finished events wait for an earlier ticket, never the batch's probability maps. Everything
+else the daemon publishes (rejects, drops, gaps, restarts) arrives ready-made through the same
+outbox and leaves at once, with a status message every ``status_interval_s``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from edge.config import Config
 from edge.frames import Frame
 from edge.ledger import Ledger
 from edge.metrics import Metrics
+from edge.protocol import FrameHeader
 from edge.replicas import Replicas
 from edge.sinks import EventPublisher, result_events
 
@@ -45,6 +48,16 @@ class Batch:
 
 
 @dataclass(slots=True)
+class Outgoing:
+    """One frame's event, made, waiting for its turn to be sent (without the frame's pixels)."""
+
+    header: FrameHeader
+    received_ns: int
+    event: dict[str, Any]
+    reject_reason: str | None = None  # None: a result
+
+
+@dataclass(slots=True)
 class Retire:
     """Models replaced by a reload; closed once every batch they inferred is published."""
 
@@ -56,19 +69,21 @@ class PublishLoop:
     def __init__(
         self,
         outbox: queue.SimpleQueue[Any],
-        pending: threading.BoundedSemaphore,
+        tickets: threading.BoundedSemaphore,
+        unfinished: threading.BoundedSemaphore,
         ledger: Ledger,
         metrics: Metrics,
         status: Callable[[], dict[str, Any]],
         config: Callable[[], Config],
     ) -> None:
         self._outbox = outbox
-        self._pending = pending  # released per batch: bounds the batches waiting for us
+        self._tickets = tickets  # released once a batch's events are sent
+        self._unfinished = unfinished  # released once a batch is post-processed
         self._ledger = ledger
         self._metrics = metrics
         self._status = status
         self._config = config  # read each time: a reload may change the status interval
-        self._held: dict[int, Batch] = {}  # finished out of turn: waiting for earlier tickets
+        self._ready: dict[int, list[Outgoing]] = {}  # made out of turn: waiting for earlier
         self._next_ticket = 0
         self._retiring: list[Retire] = []
 
@@ -88,25 +103,25 @@ class PublishLoop:
                 if item is STOP:
                     break
                 if isinstance(item, Batch):
-                    self._held[item.ticket] = item
-                    self._publish_in_order(publisher)
+                    self._ready[item.ticket] = self.post_process(item)
+                    self._send_in_order(publisher)
                 elif isinstance(item, Retire):
                     self._retiring.append(item)
                     self._close_retired()
                 else:
                     publisher.send(*item)
-            # A worker that stopped mid-way (a failure) leaves a gap: publish the rest anyway.
-            for ticket in sorted(self._held):
-                self.publish_results(self._held.pop(ticket), publisher)
+            # A worker that stopped mid-way (a failure) leaves a gap: send the rest anyway.
+            for ticket in sorted(self._ready):
+                self._send(self._ready.pop(ticket), publisher)
             self._close_retired(everything=True)
             publisher.send(topic, self._status())
         finally:
             # Bounded: subscribers get what is queued if they keep up, but never hold up exit.
             publisher.close(linger_ms=2000)
 
-    def _publish_in_order(self, publisher: EventPublisher) -> None:
-        while self._next_ticket in self._held:
-            self.publish_results(self._held.pop(self._next_ticket), publisher)
+    def _send_in_order(self, publisher: EventPublisher) -> None:
+        while self._next_ticket in self._ready:
+            self._send(self._ready.pop(self._next_ticket), publisher)
             self._next_ticket += 1
         self._close_retired()
 
@@ -115,19 +130,20 @@ class PublishLoop:
             self._retiring.remove(item)
             item.replicas.close()
 
-    def publish_results(self, batch: Batch, publisher: EventPublisher) -> None:
+    def post_process(self, batch: Batch) -> list[Outgoing]:
+        """Every frame's event, in frame order: a result, or a reject naming what failed."""
         try:
+            made: list[Outgoing] = []
             for frames, outcome in batch.parts:
                 if isinstance(outcome, str):
-                    self._reject_all(frames, outcome, publisher)
+                    made += [_reject(frame, outcome) for frame in frames]
                 else:
-                    self._publish_inferred(batch.cascade, frames, outcome, publisher)
+                    made += self._results(batch.cascade, frames, outcome)
+            return made
         finally:
-            self._pending.release()
+            self._unfinished.release()
 
-    def _publish_inferred(
-        self, cascade: Cascade, frames: list[Frame], inferred: Inferred, publisher: EventPublisher
-    ) -> None:
+    def _results(self, cascade: Cascade, frames: list[Frame], inferred: Inferred) -> list[Outgoing]:
         start = time.perf_counter()
         try:
             results = cascade.finish(inferred)
@@ -138,23 +154,41 @@ class PublishLoop:
                 "post-processing failed",
                 frames=[f"{f.header.camera}/{f.header.seq}" for f in frames],
             )
-            for frame in frames:
-                reason = f"post-processing failed on a {list(frame.header.shape)} frame"
-                self._reject_all([frame], reason, publisher)
-            return
+            return [
+                _reject(f, f"post-processing failed on a {list(f.header.shape)} frame")
+                for f in frames
+            ]
         self._metrics.stage("postprocess", time.perf_counter() - start)
-        for camera, event in events:
-            self._ledger.count(camera, "results")
-            self._metrics.result(camera, event["latency_ms"] / 1000)
-            publisher.send(protocol.event_topic(camera), event)
+        return [
+            Outgoing(frame.header, frame.received_ns, event)
+            for frame, (_, event) in zip(frames, events, strict=True)
+        ]
 
-    def _reject_all(self, frames: list[Frame], reason: str, publisher: EventPublisher) -> None:
-        for frame in frames:
-            header = frame.header
-            self._ledger.count(header.camera, "rejects")
-            self._metrics.reject(header.camera, reason)
-            log.warning("frame rejected", camera=header.camera, seq=header.seq, reason=reason)
-            publisher.send(
-                protocol.event_topic(header.camera),
-                protocol.reject_event(header.camera, header.seq, reason, header.ts_ns),
-            )
+    def _send(self, batch: list[Outgoing], publisher: EventPublisher) -> None:
+        try:
+            for out in batch:
+                header = out.header
+                if out.reject_reason is None:
+                    # Receipt to sending, waiting for an earlier ticket included.
+                    seconds = (time.monotonic_ns() - out.received_ns) / 1e9
+                    out.event["latency_ms"] = round(seconds * 1000, 3)
+                    self._ledger.count(header.camera, "results")
+                    self._metrics.result(header.camera, seconds)
+                else:
+                    self._ledger.count(header.camera, "rejects")
+                    self._metrics.reject(header.camera, out.reject_reason)
+                    log.warning(
+                        "frame rejected",
+                        camera=header.camera,
+                        seq=header.seq,
+                        reason=out.reject_reason,
+                    )
+                publisher.send(protocol.event_topic(header.camera), out.event)
+        finally:
+            self._tickets.release()
+
+
+def _reject(frame: Frame, reason: str) -> Outgoing:
+    header = frame.header
+    event = protocol.reject_event(header.camera, header.seq, reason, header.ts_ns)
+    return Outgoing(header, frame.received_ns, event, reason)

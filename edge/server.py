@@ -152,8 +152,8 @@ class Server:
             lambda: self.config, lambda: self.failure is not None,
         )  # fmt: skip
         self._publishing = PublishLoop(
-            self._outbox, workers.in_flight, self.ledger, self.metrics, self.status,
-            lambda: self.config,
+            self._outbox, workers.tickets, workers.unfinished, self.ledger, self.metrics,
+            self.status, lambda: self.config,
         )  # fmt: skip
         self._threads = [
             threading.Thread(target=self._guard(self._publishing.run, publisher), name="publisher"),

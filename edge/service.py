@@ -100,6 +100,12 @@ sources = ["tcp://cam1:5555", "tcp://cam2:5555"]
 publish = "tcp://127.0.0.1:5556"
 # models = "/opt/edge/models"     # default: the reference models shipped with the package
 
+# Inference: 0 = auto (CPU: one one-thread worker per core, up to 4; GPU: one worker). The
+# `inference workers` log line at start says what was chosen.
+workers = 0
+threads = 0                       # ONNX Runtime threads per worker
+max_batch = 32                    # tiles per model call; `edge bench --mode backend` finds the best
+
 # Load shedding: strips waiting for inference, then drop-oldest (each drop is an event).
 queue_size = 16
 overload = "drop-oldest"

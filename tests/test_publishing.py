@@ -30,13 +30,15 @@ class Running:
     def __init__(self, tiny_repo: Path) -> None:
         self.context = zmq.Context()
         self.outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.in_flight = threading.BoundedSemaphore(8)
+        self.tickets = threading.BoundedSemaphore(8)
+        self.unfinished = threading.BoundedSemaphore(8)
         config = load_config(
-            None, models=tiny_repo, bind_sources=["tcp://127.0.0.1:*"], status_interval_s=60.0
+            None, models=tiny_repo, bind_sources=["tcp://127.0.0.1:*"], status_interval_s=0.05
         )
         loop = PublishLoop(
             self.outbox,
-            self.in_flight,
+            self.tickets,
+            self.unfinished,
             Ledger(),
             Metrics(lambda: 0, lambda: 0.0),
             lambda: {"v": VERSION, "kind": "status"},
@@ -46,10 +48,11 @@ class Running:
         self.sub = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.connect(publisher.endpoint)
-        self.thread = threading.Thread(target=loop.run, args=(publisher,))
+        self.thread = threading.Thread(target=loop.run, args=(publisher,), daemon=True)
         self.thread.start()
+        # Statuses come every 50 ms: the first one seen means the subscription is live.
         assert self.sub.poll(10_000), "no status from the publisher"
-        self.sub.recv_multipart()  # connected: nothing published from now on can be missed
+        self.sub.recv_multipart()
 
     def receive_until(self, marker: str) -> list[dict[str, Any]]:
         """Events up to the marker event ``{"kind": marker}`` (put on the outbox after)."""
@@ -58,6 +61,8 @@ class Running:
         while True:
             assert self.sub.poll(10_000), f"no {marker!r} from the publisher"
             _, body = parse_event(self.sub.recv_multipart())
+            if body.get("kind") == "status":
+                continue
             if body.get("kind") == marker:
                 return events
             events.append(body)
@@ -77,9 +82,11 @@ def running(tiny_repo: Path) -> Iterator[Running]:
         loop.stop()
 
 
-def batch(lane: Any, ticket: int, seqs: list[int], in_flight: threading.BoundedSemaphore) -> Batch:
+def batch(lane: Any, ticket: int, seqs: list[int], running: Running) -> Batch:
     frames = [read_frame(frame_parts("cam1", seq, gray_strip())) for seq in seqs]
-    assert in_flight.acquire(timeout=1)  # as a worker holds one per ticket
+    # As a worker holds them: a ticket from before it takes the batch, an unfinished permit
+    # from before it hands the batch over.
+    assert running.tickets.acquire(timeout=1) and running.unfinished.acquire(timeout=1)
     return Batch(ticket, frames, infer_parts(lane, frames), lane)
 
 
@@ -89,14 +96,14 @@ def test_batches_finished_out_of_turn_are_published_in_ticket_order(
     replicas = load_replicas(tiny_repo, plan=plan_workers(1, 1, cores=1, gpu=False))
     lane = replicas.first
     try:
-        running.outbox.put(batch(lane, 2, [4, 5], running.in_flight))
-        running.outbox.put(batch(lane, 1, [2, 3], running.in_flight))
+        running.outbox.put(batch(lane, 2, [4, 5], running))
+        running.outbox.put(batch(lane, 1, [2, 3], running))
         assert running.receive_until("held") == [], "published before ticket 0 came"
-        running.outbox.put(batch(lane, 0, [0, 1], running.in_flight))
+        running.outbox.put(batch(lane, 0, [0, 1], running))
         events = running.receive_until("all")
         assert [(e["kind"], e["seq"]) for e in events] == [("result", s) for s in range(6)]
-        for _ in range(8):  # every ticket's hold on the in-flight bound was given back
-            assert running.in_flight.acquire(timeout=1)
+        for _ in range(8):  # every permit was given back: post-processed, then sent
+            assert running.tickets.acquire(timeout=1) and running.unfinished.acquire(timeout=1)
     finally:
         running.stop()
         replicas.close()
@@ -107,11 +114,11 @@ def test_retired_models_close_only_after_their_last_batch_is_published(
 ) -> None:
     plan = plan_workers(1, 1, cores=1, gpu=False)
     old = load_replicas(tiny_repo, plan=plan)
-    running.outbox.put(batch(old.first, 1, [1], running.in_flight))
+    running.outbox.put(batch(old.first, 1, [1], running))
     running.outbox.put(Retire(old, after_ticket=1))
     assert running.receive_until("retire queued") == []
     assert hasattr(old.first.classifier.backend, "session"), "closed while a batch waited"
-    running.outbox.put(batch(old.first, 0, [0], running.in_flight))
+    running.outbox.put(batch(old.first, 0, [0], running))
     assert [e["seq"] for e in running.receive_until("published")] == [0, 1]
     assert not hasattr(old.first.classifier.backend, "session"), "never closed"
     running.stop()
