@@ -25,7 +25,8 @@ def number(value: object) -> bool:
 def test_help_names_the_options() -> None:
     result = CliRunner().invoke(app, ["bench", "--help"], prog_name="edge")
     assert result.exit_code == 0
-    for option in ("--mode", "--backend", "--models", "--batch", "--defect-rate", "--duration"):
+    for option in ("--mode", "--backend", "--models", "--batch", "--defect-rate", "--duration",
+                   "--workers", "--threads"):  # fmt: skip
         assert option in result.output
     assert "--json" in result.output
 
@@ -55,7 +56,8 @@ def test_pool_has_the_exact_defective_share() -> None:
 def test_all_modes_write_every_documented_figure(tiny_repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["bench", "--mode", "all", "--models", str(tiny_repo), "--duration", "1"]
-    args += ["--pool", "6", "--batch", "1,4", "--json", str(out)]
+    args += ["--pool", "6", "--batch", "1,4", "--workers", "2", "--threads", "1"]
+    args += ["--json", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -89,6 +91,12 @@ def test_all_modes_write_every_documented_figure(tiny_repo: Path, tmp_path: Path
     assert settings["defect_rate"] == 0.2
     assert number(settings["segmented_tiles_per_strip"])
     assert settings["segmented_tiles_per_strip_source"]
+    # Every mode but naive ran in the daemon's arrangement: one stream per worker.
+    assert (settings["workers_used"], settings["threads_per_worker_used"]) == (2, 1)
+    assert settings["workers_source"]
+    assert report["backend"]["settings"]["streams"] == 2
+    assert report["pipeline"]["settings"]["streams"] == 2
+    assert report["e2e"]["settings"]["workers"] == 2
     machine = report["machine"]
     for key in ("cpu", "cores", "versions", "gpu", "backend"):
         assert key in machine
