@@ -88,7 +88,7 @@ class Config(BaseModel):
     status_interval_s: float = Field(1.0, gt=0)
     drain_timeout_s: float = Field(10.0, gt=0)
     stall_timeout_s: float = Field(
-        10.0, gt=0, description="inference loop silent this long: not ready, no watchdog ping"
+        10.0, gt=0, description="an inference worker silent this long: not ready, no watchdog ping"
     )
     pid_file: Path | None = Field(None, description="file to write the daemon's pid to")
     # -- observability --

@@ -2,7 +2,7 @@
 
 Counts what happened to every frame (received = results + rejects + drops, once the daemon has
 drained) and follows each camera's ``seq`` to report runs it never received (gaps) and restarts.
-Updated from the receiver and the inference threads, hence the lock.
+Updated from the receiver and the publisher threads, hence the lock.
 """
 
 from __future__ import annotations
