@@ -31,6 +31,7 @@ from edge.backends.engines import (
 )
 from edge.modelspec import ModelConfigError, ModelFiles, load_repository
 from edge.preprocess import InputAdapter
+from edge.replicas import on_gpu, plan_workers, usable_cores
 from edge.synthetic import strip_stream
 
 Echo = Callable[[str], None]
@@ -107,6 +108,11 @@ def _report_machine(facts: EnvFacts, engines: Path | None, echo: Echo) -> None:
         echo(f"backend tensorrt: not available: {_why_no_trt(facts)}")
     choice = auto.choose("auto", engines=engines, facts=facts)
     echo(f"backend auto: would use {choice.backend}: {choice.reason}")
+    plan = plan_workers(0, 0, cores=usable_cores(), gpu=on_gpu(choice))
+    echo(
+        f"inference workers (workers = 0, threads = 0): {plan.workers} x "
+        f"{plan.threads or 'default'} thread(s); {plan.reason}"
+    )
 
 
 def _check_model(

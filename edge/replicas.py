@@ -65,7 +65,11 @@ def plan_workers(workers: int, threads: int, *, cores: int, gpu: bool) -> Worker
 
 def runs_on_gpu(backend: auto.BackendName, engines: Path | None) -> bool:
     """Whether ``backend`` will run the models on a GPU here (auto decides as it will load)."""
-    choice = auto.choose(backend, engines=engines)
+    return on_gpu(auto.choose(backend, engines=engines))
+
+
+def on_gpu(choice: auto.Choice) -> bool:
+    """Whether a backend choice runs the models on a GPU."""
     return choice.backend == "tensorrt" or any(
         p != "CPUExecutionProvider" for p in choice.providers
     )

@@ -10,6 +10,7 @@ from edge.backends.engines import EnvFacts
 from edge.doctor import run_doctor
 from edge.main import app
 from edge.modelspec import load_repository
+from edge.replicas import usable_cores
 from tests.engine_fixtures import fake_engine
 
 CPU = EnvFacts(None, None, None, problems=("the tensorrt package is not installed",))
@@ -27,6 +28,8 @@ def test_doctor_reports_no_gpu_and_checks_every_model_in_fp16(tiny_repo: Path) -
     assert "GPU: none usable" in text
     assert "backend tensorrt: not available: the tensorrt package is not installed" in text
     assert "backend auto: would use onnxruntime" in text
+    cores = usable_cores()
+    assert f"inference workers (workers = 0, threads = 0): {min(cores, 4)} x " in text
     assert "pip install 'edge[gpu]'" in text
     for name in ("classifier", "segmenter"):
         assert f"model {name}:1:" in text
