@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -246,3 +247,37 @@ def test_two_workers_publish_each_cameras_results_in_the_order_its_frames_came(
     for name in cams:
         assert [e["seq"] for e in events if e["camera"] == name] == list(range(30))
     assert daemon.server.workers.batch_sizes == {1: 60}
+
+
+def test_a_drain_that_runs_out_of_time_finishes_the_batches_on_the_models_and_drops_the_rest(
+    start_daemon, camera_socket, monkeypatch
+) -> None:
+    daemon = start_daemon(workers=2, threads=1, max_batch=7, queue_size=64, drain_timeout_s=0.3)
+    release = threading.Event()
+    for lane in daemon.server.models.lanes:  # models that hang until released
+        real = lane.infer
+        monkeypatch.setattr(
+            lane, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
+        )
+    cam = camera_socket(daemon.source)
+    for seq in range(10):
+        cam.send_multipart(frame_parts("cam1", seq, gray_strip()))
+    deadline = time.monotonic() + 10
+    workers = daemon.server.workers
+    while daemon.server.ledger.snapshot().get("cam1", {}).get("received", 0) < 10 or (
+        workers is not None and workers.batches < 2
+    ):
+        assert time.monotonic() < deadline, "frames never arrived on both workers"
+        time.sleep(0.01)
+    stopping = threading.Thread(target=daemon.stop)
+    stopping.start()
+    time.sleep(1.0)  # well past drain_timeout_s: the workers are told to stop after this batch
+    release.set()
+    stopping.join(30)
+    daemon.subscriber.pump(1.0)
+    events = per_frame(daemon.subscriber.events)
+    assert sorted(e["seq"] for e in events) == list(range(10)), "a frame lost or doubled"
+    kinds = {e["seq"]: (e["kind"], e.get("reason")) for e in events}
+    # One strip a batch: each of the two workers was on one when the drain ran out.
+    assert sorted(kinds.values()).count(("result", None)) == 2, kinds
+    assert all(k in (("result", None), ("drop", "shutdown")) for k in kinds.values()), kinds
