@@ -190,7 +190,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console()
+    # Piped to a file (a log, CI), Rich would wrap the tables at 80 columns into unreadable
+    # fragments; a terminal keeps its own width.
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     unknown = [m for m in settings.modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode {unknown[0]!r}; expected one of {[*MODES, 'all']}")
