@@ -33,9 +33,10 @@ from edge.workqueue import Closed, WorkQueue
 log = structlog.get_logger(__name__)
 # Tickets out (taken, not yet sent) per worker. A defective strip costs several clean ones, and
 # events leave in ticket order: a worker may run this many batches ahead of one busy with a slow
-# batch before it waits (measured on 2 cores: at 1 plus 2 spare, the workers spent ~11 % of
-# their time waiting; at 4 plus 2, under 1 %). Only a batch's finished events wait for their
-# turn, so the window costs little memory.
+# batch before it waits (measured on 2 cores at saturation: with 1 per worker plus 2, the
+# workers spent ~11 % of their samples waiting for a ticket; with 4 plus 2, 0.7 %; with 8 plus
+# 2, 1.2 %, within noise). Only a batch's finished events wait for their turn, so the window
+# costs little memory.
 TICKETS_PER_WORKER = 8
 SPARE_TICKETS = 2
 # Batches inferred and waiting to be post-processed (probability maps: megabytes each), per
@@ -80,9 +81,6 @@ class InferenceWorkers:
     def last_progress(self) -> float:
         """When the worker that has gone longest without going round last went round."""
         return min(self._progress)
-
-    def restart_clock(self) -> None:
-        self._progress = [time.monotonic()] * self.count
 
     def run(self, index: int) -> None:
         """Worker ``index``'s loop, until the queue closes, or the drain runs out of time."""

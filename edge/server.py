@@ -1,4 +1,4 @@
-"""The daemon's lifecycle: startup -> main loop -> shutdown, and the three threads it runs.
+"""The daemon's lifecycle: startup -> main loop -> shutdown, and the threads it runs.
 
     receiver thread    SUB socket -> validate/decode -> WorkQueue (bounded; rejects and drops
                        become events right here)
@@ -12,7 +12,7 @@ The main thread loads the models, binds the sockets (CURVE optional), starts the
 HTTP server if asked, tells systemd READY=1, then watches: watchdog pings only while every
 inference worker goes round, reloads on SIGHUP. SIGTERM/SIGINT set ``should_exit``; shutdown stops
 receiving, lets the inference workers finish what is queued (bounded by ``drain_timeout_s``;
-frames it cannot finish get a ``drop`` event with reason ``shutdown``), publishes every event and
+frames they cannot finish get a ``drop`` event with reason ``shutdown``), publishes every event and
 a final status, then closes the sockets.
 """
 
