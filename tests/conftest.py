@@ -127,6 +127,17 @@ def start_daemon(tiny_repo: Path) -> Iterator[Any]:
     context.term()
 
 
+def hold_models(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make every inference worker's models hang until the returned event is set (30 s at most)."""
+    release = threading.Event()
+    for lane in daemon.server.models.lanes:
+        real = lane.infer
+        monkeypatch.setattr(
+            lane, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
+        )
+    return release
+
+
 @pytest.fixture
 def camera_socket() -> Iterator[Any]:
     """A camera socket that connects to the daemon's bound source, ready to send.

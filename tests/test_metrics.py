@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.config import ConfigError, load_config
 from edge.metrics import MAX_CAMERA_LABELS, Metrics, reject_category
-from tests.conftest import gray_strip
+from tests.conftest import gray_strip, hold_models
 from tests.test_server import frame_parts, per_frame
 
 
@@ -90,12 +89,7 @@ def test_health_and_readiness_follow_the_inference_loop(
     assert get(daemon, "/readyz") == (200, "ready\n")
     assert get(daemon, "/nothing-here")[0] == 404
 
-    release = threading.Event()
-    for lane in daemon.server.models.lanes:  # every inference worker's copy of the models
-        real = lane.infer
-        monkeypatch.setattr(
-            lane, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
-        )
+    release = hold_models(daemon, monkeypatch)
     camera_socket(daemon.source).send_multipart(frame_parts("cam1", 0, gray_strip()))
     deadline = time.monotonic() + 10
     while get(daemon, "/readyz")[0] == 200:

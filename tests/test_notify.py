@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from edge.notify import Notifier, serving_status
-from tests.conftest import gray_strip
+from tests.conftest import gray_strip, hold_models
 from tests.test_server import frame_parts, per_frame
 
 
@@ -133,12 +132,7 @@ def test_daemon_is_ready_pings_only_while_inference_progresses_and_says_stopping
     assert "results/s" in listener.wait_for("STATUS")["STATUS"]
 
     # A model that hangs: the inference loop stops going round, so the pings stop.
-    release = threading.Event()
-    for lane in daemon.server.models.lanes:  # every inference worker's copy of the models
-        real = lane.infer
-        monkeypatch.setattr(
-            lane, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
-        )
+    release = hold_models(daemon, monkeypatch)
     camera_socket(daemon.source).send_multipart(frame_parts("cam1", 0, gray_strip()))
     listener.collect(1.0)  # pings sent before the stall timeout ran out
     stalled = listener.collect(1.0)

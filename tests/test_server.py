@@ -13,7 +13,7 @@ import pytest
 
 from edge import rle
 from edge.protocol import FrameHeader, encode_frame
-from tests.conftest import gray_strip
+from tests.conftest import gray_strip, hold_models
 from tests.tiny_models import expected_masks
 
 
@@ -253,12 +253,7 @@ def test_a_drain_that_runs_out_of_time_finishes_the_batches_on_the_models_and_dr
     start_daemon, camera_socket, monkeypatch
 ) -> None:
     daemon = start_daemon(workers=2, threads=1, max_batch=7, queue_size=64, drain_timeout_s=0.3)
-    release = threading.Event()
-    for lane in daemon.server.models.lanes:  # models that hang until released
-        real = lane.infer
-        monkeypatch.setattr(
-            lane, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
-        )
+    release = hold_models(daemon, monkeypatch)
     cam = camera_socket(daemon.source)
     for seq in range(10):
         cam.send_multipart(frame_parts("cam1", seq, gray_strip()))

@@ -21,7 +21,7 @@ from edge.bench.report import render
 from edge.bench.stats import CpuMeter, machine_info, peak_rss_mb
 from edge.bench.workload import StripPool, image_pool, synthetic_pool
 from edge.cascade import Cascade
-from edge.replicas import WorkerPlan, plan_workers, runs_on_gpu, usable_cores
+from edge.replicas import WorkerPlan, load_replicas, plan_workers, runs_on_gpu, usable_cores
 
 MODES: Final = ("backend", "pipeline", "naive", "e2e")
 FORMAT_VERSION: Final = 1
@@ -99,7 +99,13 @@ def _load_lanes(
     settings: BenchSettings, max_batch: int, plan: WorkerPlan, loaded: list[Cascade]
 ) -> list[Cascade]:
     """One cascade per inference worker, as the daemon loads them (also put on ``loaded``)."""
-    lanes = [_load(settings, max_batch, plan.threads) for _ in range(plan.workers)]
+    lanes = load_replicas(
+        settings.models,
+        settings.backend,  # type: ignore[arg-type]
+        plan=plan,
+        max_batch=max_batch,
+        engines=settings.engines,
+    ).lanes
     loaded.extend(lanes)
     return lanes
 
