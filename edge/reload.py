@@ -61,7 +61,9 @@ class Prepared:
     needs_restart: list[str]
 
 
-def prepare(current: Config, read_config: Callable[[], Config] | None, workers: int) -> Prepared:
+def prepare(
+    current: Config, read_config: Callable[[], Config] | None, workers: int | None
+) -> Prepared:
     """Read the new config and load and self-test its models; raises whatever is wrong.
 
     Keys in RESTART_KEYS keep their running values (listed in ``needs_restart`` if changed);
