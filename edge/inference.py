@@ -103,7 +103,7 @@ class InferenceWorkers:
             self._metrics.batch_strips.observe(len(frames))
             if not self._acquire(self.unfinished):
                 return
-            self._outbox.put(Batch(ticket, frames, parts, lane))
+            self._outbox.put(Batch(ticket, parts, lane))
 
     def _acquire(self, permits: threading.BoundedSemaphore) -> bool:
         while not permits.acquire(timeout=0.1):
@@ -140,10 +140,14 @@ class InferenceWorkers:
         self.replicas = new
 
 
+def tiles_per_strip(cascade: Cascade, height: int = 256, width: int = 1600) -> int:
+    """Classifier windows on a strip of this size (at least one)."""
+    return max(1, len(cascade.classifier.inputs.windows(height, width)))
+
+
 def strips_per_batch(cascade: Cascade, max_batch: int) -> int:
     """Whole strips whose classifier tiles fit ``max_batch`` (at least one)."""
-    tiles_per_strip = max(1, len(cascade.classifier.inputs.windows(256, 1600)))
-    return max(1, max_batch // tiles_per_strip)
+    return max(1, max_batch // tiles_per_strip(cascade))
 
 
 def infer_parts(cascade: Cascade, frames: list[Frame]) -> list[Part]:

@@ -42,8 +42,7 @@ Part = tuple[list[Frame], Inferred | str]
 @dataclass(slots=True)
 class Batch:
     ticket: int  # its place in the output order (edge.inference)
-    frames: list[Frame]
-    parts: list[Part]  # the frames again, in order, with their outcomes
+    parts: list[Part]  # its frames, in order, with their outcomes
     cascade: Cascade  # the one that inferred it: a reload must not split a batch across two
 
 

@@ -87,7 +87,7 @@ def batch(lane: Any, ticket: int, seqs: list[int], running: Running) -> Batch:
     # As a worker holds them: a ticket from before it takes the batch, an unfinished permit
     # from before it hands the batch over.
     assert running.tickets.acquire(timeout=1) and running.unfinished.acquire(timeout=1)
-    return Batch(ticket, frames, infer_parts(lane, frames), lane)
+    return Batch(ticket, infer_parts(lane, frames), lane)
 
 
 def test_batches_finished_out_of_turn_are_published_in_ticket_order(

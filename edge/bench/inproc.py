@@ -30,10 +30,6 @@ from edge.sources import read_frame
 from edge.tiling import Stitcher
 
 
-def tiles_per_strip(cascade: Cascade, height: int = 256, width: int = 1600) -> int:
-    return max(1, len(cascade.classifier.inputs.windows(height, width)))
-
-
 def in_parallel(work: Callable[[int], None], streams: int) -> None:
     """``work(i)`` for each of ``streams`` streams at once (on this thread when there is one)."""
     if streams == 1:
@@ -105,22 +101,22 @@ class BackendBench:
             runs = {key: run for key, run in self.runs.items() if best[key[0]] == key[1]}
         share = seconds / len(runs)
         for (role, asked), run in runs.items():
-            batch = self.inputs[role, asked]
-            backends = [lane[role].backend for lane in self.lanes]
-            per_stream: list[list[float]] = [[] for _ in self.lanes]
             start = time.perf_counter()
-            in_parallel(
-                lambda i, b=backends, x=batch, c=per_stream, u=start + share: _call_until(
-                    b[i], x, u, c[i]
-                ),
-                len(self.lanes),
-            )
+            per_stream = self._timed_calls(role, self.inputs[role, asked], start + share)
             elapsed = time.perf_counter() - start
             calls = sum(len(c) for c in per_stream)
             for c in per_stream:
                 run["calls"].extend(c)
             run["seconds"] += elapsed
             run["per_round"].append(round(calls * run["batch"] / elapsed, 2))
+
+    def _timed_calls(self, role: str, batch: np.ndarray, until: float) -> list[list[float]]:
+        """Each copy of the model called on ``batch`` until ``until``, all at once; per copy,
+        the seconds of each call."""
+        per_stream: list[list[float]] = [[] for _ in self.lanes]
+        backends = [lane[role].backend for lane in self.lanes]
+        in_parallel(lambda i: _call_until(backends[i], batch, until, per_stream[i]), len(backends))
+        return per_stream
 
     def tiles_per_s(self, role: str, asked: int) -> float:
         run = self.runs[role, asked]

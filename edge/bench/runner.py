@@ -15,6 +15,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from edge import inference
 from edge.bench import inproc
 from edge.bench.e2e import E2ESettings, run_e2e
 from edge.bench.report import render
@@ -239,7 +240,7 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
             cascade = _load(settings, max_batch, plan.threads)
             loaded.append(cascade)
             report["machine"]["backend"] = cascade.classifier.backend.describe()
-            tiles_per_strip = inproc.tiles_per_strip(cascade)
+            tiles_per_strip = inference.tiles_per_strip(cascade)
             if "pipeline" in sections:
                 seg_per_strip = sections["pipeline"]["segmented_tiles_per_strip"]
                 seg_source = (
