@@ -1,4 +1,4 @@
-"""What every CLI module shares: the error exit and the repeated --source option."""
+"""What every CLI module shares: the error exit, endpoint checks, the repeated --source option."""
 
 from __future__ import annotations
 
@@ -7,9 +7,45 @@ from typing import Annotated
 
 import typer
 
+from edge.endpoints import check_endpoint
+
+EndpointValue = str | list[str] | None
+
+
+def _checked(value: EndpointValue, *, bind: bool, option: str | None = None) -> EndpointValue:
+    for endpoint in [value] if isinstance(value, str) else value or []:
+        try:
+            check_endpoint(endpoint, bind=bind)
+        except ValueError as err:
+            # From a callback, click fills in the option; from a command body, name it here.
+            hint = None if option is None else f"'{option}'"
+            raise typer.BadParameter(str(err), param_hint=hint) from None
+    return value
+
+
+def bind_endpoints(value: EndpointValue) -> EndpointValue:
+    """Typer callback for an option of endpoints to BIND: usage error (exit 2) if one is bad."""
+    return _checked(value, bind=True)
+
+
+def connect_endpoints(value: EndpointValue) -> EndpointValue:
+    """Typer callback for an option of endpoints to CONNECT to: usage error if one is bad."""
+    return _checked(value, bind=False)
+
+
+def check_endpoint_option(value: EndpointValue, *, bind: bool, option: str) -> None:
+    """The callbacks' check, for an option whose bind-or-connect another flag decides."""
+    _checked(value, bind=bind, option=option)
+
+
 Sources = Annotated[
     list[str] | None,
-    typer.Option("--source", "-s", help="Endpoint to CONNECT to; repeat for several."),
+    typer.Option(
+        "--source",
+        "-s",
+        help="Endpoint to CONNECT to; repeat for several.",
+        callback=connect_endpoints,
+    ),
 ]
 
 

@@ -9,12 +9,23 @@ from typing import Annotated
 
 import typer
 
-from edge.cliutil import CurveClientKey, CurveServerKey, Sources, curve_pair, fail
+from edge.cliutil import (
+    CurveClientKey,
+    CurveServerKey,
+    bind_endpoints,
+    check_endpoint_option,
+    connect_endpoints,
+    curve_pair,
+    fail,
+)
 from edge.logs import configure
 
 
 def camera(
-    to: Annotated[str, typer.Option(help="Endpoint the camera BINDs, e.g. tcp://*:5555.")],
+    to: Annotated[
+        str,
+        typer.Option(help="Endpoint the camera BINDs, e.g. tcp://*:5555.", callback=bind_endpoints),
+    ],
     images: Annotated[
         Path | None,
         typer.Option(help="Folder of strip images to send. (default: synthetic strips)"),
@@ -84,7 +95,10 @@ def camera(
 
 def record(
     out: Annotated[Path, typer.Option(help="Recording file to write (.edgerec).")],
-    source: Sources = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", "-s", help="Endpoint to CONNECT to; repeat for several."),
+    ] = None,
     bind: Annotated[bool, typer.Option(help="BIND the sources instead of connecting.")] = False,
     frames: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
@@ -94,6 +108,8 @@ def record(
 
     if not source:
         raise fail("give at least one --source")
+    # Not a callback: whether these are binds depends on --bind, which may come after them.
+    check_endpoint_option(source, bind=bind, option="--source")
     configure()
     stop = threading.Event()
     try:
@@ -106,7 +122,12 @@ def record(
 
 def replay(
     recording: Annotated[Path, typer.Argument(help="A file written by `edge record`.")],
-    to: Annotated[str, typer.Option(help="Endpoint to BIND and publish on, e.g. tcp://*:5555.")],
+    to: Annotated[
+        str,
+        typer.Option(
+            help="Endpoint to BIND and publish on, e.g. tcp://*:5555.", callback=bind_endpoints
+        ),
+    ],
     fps: Annotated[
         float | None, typer.Option(help="Fixed rate instead of the recorded timing.")
     ] = None,
@@ -148,7 +169,10 @@ def replay(
 
 def listen(
     source: Annotated[
-        str, typer.Option("--source", "-s", help="The daemon's publish endpoint.")
+        str,
+        typer.Option(
+            "--source", "-s", help="The daemon's publish endpoint.", callback=connect_endpoints
+        ),
     ] = "tcp://127.0.0.1:5556",
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edge.cliutil import connect_endpoints
 from edge.config import ConfigError
 
 bridge_app = typer.Typer(
@@ -21,7 +22,10 @@ bridge_app = typer.Typer(
 Source = Annotated[
     str | None,
     typer.Option(
-        "--source", "-s", help="The daemon's publish endpoint (default tcp://127.0.0.1:5556)."
+        "--source",
+        "-s",
+        help="The daemon's publish endpoint (default tcp://127.0.0.1:5556).",
+        callback=connect_endpoints,
     ),
 ]
 Cameras = Annotated[

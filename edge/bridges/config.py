@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.config import load_validated
+from edge.endpoints import check_endpoint
 
 _PATH_KEYS = ("curve_server_key", "curve_client_key")
 
@@ -36,9 +37,7 @@ class BridgeConfig(BaseModel):
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:
-        if "://" not in value:
-            raise ValueError(f"{value!r} is not a ZeroMQ endpoint like tcp://host:port")
-        return value
+        return check_endpoint(value, bind=False)
 
     @field_validator("listen")
     @classmethod
