@@ -22,6 +22,7 @@ import zmq
 
 from edge.protocol import ENCODINGS, FrameHeader, encode_frame
 from edge.recording import read_info, read_recording
+from edge.sockets import bind_when_free
 
 IMAGE_SUFFIXES: Final = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Slice for waits that must notice a stop request without spinning.
@@ -61,7 +62,7 @@ class FramePublisher:
                 self._socket.close(linger=0)
                 raise
         try:
-            _bind_when_free(self._socket, endpoint)
+            bind_when_free(self._socket, endpoint)
         except zmq.ZMQError as exc:
             self._socket.close(linger=0)
             raise zmq.ZMQError(exc.errno, f"cannot bind camera to {endpoint}: {exc}") from exc
@@ -148,23 +149,6 @@ class FramePublisher:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _bind_when_free(sock: zmq.Socket, endpoint: str, patience_s: float = 2.0) -> None:
-    """Bind, waiting briefly if the address is still held.
-
-    A camera restarted on the same port finds it busy for a moment: ZeroMQ releases the old
-    socket's listener in its I/O thread, after close() has returned.
-    """
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            sock.bind(endpoint)
-            return
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def encode_payload(image: np.ndarray, encoding: str) -> bytes:

@@ -105,6 +105,22 @@ class Cascade:
         self.segmenter = segmenter
         self.gate = np.asarray(classifier.spec.per_class("gate"), np.float32)
         self.per_class = classifier.spec.classes == segmenter.spec.classes
+        self._tiles: dict[tuple[int, int], int] = {}
+
+    def tiles(self, height: int, width: int) -> int:
+        """Model inputs a strip of this size costs at most: every classifier window, or every
+        segmenter window if there are more (what ``max_batch`` counts, whatever the shape)."""
+        key = (height, width)
+        count = self._tiles.get(key)
+        if count is None:
+            count = max(
+                1,
+                len(self.classifier.inputs.windows(height, width)),
+                len(self.segmenter.inputs.windows(height, width)),
+            )
+            if len(self._tiles) < 256:  # shapes come from the wire: keep the cache bounded
+                self._tiles[key] = count
+        return count
 
     @classmethod
     def load(

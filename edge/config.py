@@ -13,9 +13,19 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from edge import protocol
 from edge.backends.auto import BackendName
+from edge.endpoints import check_endpoint
 from edge.modelspec import format_validation_error
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -30,10 +40,14 @@ def shipped_models() -> Path:
     return Path(str(importlib.resources.files("edge.reference_models")))
 
 
-def _endpoint(value: str) -> str:
-    if "://" not in value:
-        raise ValueError(f"{value!r} is not a ZeroMQ endpoint like tcp://host:port or ipc:///path")
-    return value
+def _state_directory() -> Path | None:
+    """systemd's StateDirectory= (the unit sets it) gives the daemon a place that survives."""
+    value = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(value) if value else None
+
+
+def _endpoint(value: str, *, bind: bool) -> str:
+    return check_endpoint(value, bind=bind)
 
 
 class Config(BaseModel):
@@ -82,6 +96,21 @@ class Config(BaseModel):
     max_wait_ms: float = Field(
         5.0, ge=0, description="how long a partial batch waits for more strips"
     )
+    # -- what the daemon accepts: checked before any frame is decoded or any table grows --
+    max_frame_pixels: int = Field(
+        4 * 256 * 1600,
+        gt=0,
+        le=protocol.MAX_PIXELS,
+        description="a frame with more pixels is rejected before decoding (default: 4 strips)",
+    )
+    max_frame_height: int = Field(1024, gt=0, description="a taller frame is rejected")
+    max_frame_width: int = Field(6400, gt=0, description="a wider frame is rejected")
+    max_cameras: int = Field(
+        64,
+        gt=0,
+        le=4096,
+        description="camera ids the daemon keeps counters for; frames from more are rejected",
+    )
     # -- load shedding and lifecycle --
     queue_size: int = Field(16, gt=0, description="strips waiting for inference")
     overload: Literal["drop-oldest", "block"] = "drop-oldest"
@@ -91,6 +120,14 @@ class Config(BaseModel):
         10.0, gt=0, description="an inference worker silent this long: not ready, no watchdog ping"
     )
     pid_file: Path | None = Field(None, description="file to write the daemon's pid to")
+    state_dir: Path | None = Field(
+        default_factory=_state_directory,
+        description="where the last seq of each camera is kept across restarts "
+        "(default: $STATE_DIRECTORY, set by systemd's StateDirectory=; off if unset)",
+    )
+    state_interval_s: float = Field(
+        1.0, gt=0, description="how often the last seqs are written to state_dir"
+    )
     # -- observability --
     metrics: str | None = Field(
         None, description="HOST:PORT for /metrics, /healthz and /readyz over HTTP; off if unset"
@@ -102,13 +139,13 @@ class Config(BaseModel):
 
     @field_validator("sources", "bind_sources")
     @classmethod
-    def _endpoints(cls, values: list[str]) -> list[str]:
-        return [_endpoint(v) for v in values]
+    def _endpoints(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        return [_endpoint(v, bind=info.field_name == "bind_sources") for v in values]
 
     @field_validator("publish")
     @classmethod
     def _publish(cls, value: str) -> str:
-        return _endpoint(value)
+        return _endpoint(value, bind=True)
 
     @field_validator("metrics")
     @classmethod
@@ -163,7 +200,14 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-_PATH_KEYS = ("models", "engines", "curve_secret_key", "curve_authorized_clients", "pid_file")
+_PATH_KEYS = (
+    "models",
+    "engines",
+    "curve_secret_key",
+    "curve_authorized_clients",
+    "pid_file",
+    "state_dir",
+)
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> Config:

@@ -117,14 +117,16 @@ class InferenceWorkers:
                 self._adopt_reloaded()
             lane = self.replicas.lanes[index]
             frames = self._queue.get_batch(
-                strips_per_batch(lane, self._config().max_batch),
+                self._config().max_batch,
                 self._config().max_wait_ms / 1000,
+                cost=lambda frame: lane.tiles(*frame.pixels.shape[:2]),
             )
             if not frames:
                 return None
             ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
             self.batches += 1
             self.batch_sizes[len(frames)] += 1
+            self._metrics.batch_tiles.observe(sum(lane.tiles(*f.pixels.shape[:2]) for f in frames))
             return ticket, lane, frames
 
     def _adopt_reloaded(self) -> None:
@@ -145,9 +147,10 @@ def tiles_per_strip(cascade: Cascade, height: int = 256, width: int = 1600) -> i
     return max(1, len(cascade.classifier.inputs.windows(height, width)))
 
 
-def strips_per_batch(cascade: Cascade, max_batch: int) -> int:
-    """Whole strips whose classifier tiles fit ``max_batch`` (at least one)."""
-    return max(1, max_batch // tiles_per_strip(cascade))
+def strips_per_batch(cascade: Cascade, max_batch: int, height: int = 256, width: int = 1600) -> int:
+    """Whole strips of this size whose tiles fit ``max_batch`` (at least one), as the workers
+    batch them."""
+    return max(1, max_batch // cascade.tiles(height, width))
 
 
 def infer_parts(cascade: Cascade, frames: list[Frame]) -> list[Part]:

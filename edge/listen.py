@@ -32,6 +32,10 @@ def format_event(topic: str, body: dict[str, Any]) -> str:
         return f"{body['camera']} gap: seq {body['first_seq']}..{body['last_seq']} never received ({body['missing']} frames)"
     if kind == "camera_restart":
         return f"{body['camera']} camera restart: seq {body['previous_seq']} -> {body['seq']}"
+    if kind == "source_lost":
+        return f"source lost: {body['endpoint']} (loss {body['losses']}; its frames show as a gap when it is back)"
+    if kind == "source_restored":
+        return f"source restored: {body['endpoint']} after {body['down_s']:.1f}s"
     if kind == "status":
         totals = {
             k: sum(c[k] for c in body["cameras"].values())

@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from typing import Any, Literal
 
@@ -32,46 +33,127 @@ class StderrLogger:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
+_LIMITED_LEVELS = frozenset({"warning", "warn", "error", "exception", "critical"})
+# Sources of one message past the table's cap share this one key; their counts are kept.
+_OTHER_SOURCES = "\x00other sources"
+_OTHER_MESSAGES = "\x00other messages"
+
+
+class _Window:
+    __slots__ = ("lines", "start", "suppressed")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.lines = 0
+        self.suppressed = 0
+
+
 class RateLimiter:
-    """A structlog processor: at most ``burst`` warnings/errors per key per ``window_s``.
+    """A structlog processor that limits warnings/errors repeated per frame (or per connection).
 
     A camera sending garbage at 50 fps must not write 50 identical lines a second to the
-    journal. The key is the message and the camera, so each camera's trouble still shows; the
-    first line after a quiet spell carries ``suppressed=N`` so nothing is hidden without trace.
-    Lines below warning level are never limited.
+    journal, and 3,200 forged camera ids must not write 3,200. Limited are the lines that carry
+    a ``camera`` key (the per-frame lines) and those that opt in with ``throttle=True`` or
+    ``throttle="<source>"`` (the key is removed from the line). For those, per ``window_s``:
+    at most ``burst`` lines per (message, source), so each camera's trouble still shows, and at
+    most ``budget`` per message across all sources. Every dropped line is counted: the next
+    line of that message that gets through, from any source, carries ``suppressed=N``.
+    Other lines (reload outcomes, startup errors, thread failures) and lines below warning
+    level are never dropped.
     """
 
     def __init__(
-        self, burst: int = 5, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+        self,
+        burst: int = 5,
+        window_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        budget: int = 20,
+        max_keys: int = 1000,
     ) -> None:
         self.burst = burst
+        self.budget = budget
         self.window_s = window_s
+        self.max_keys = max_keys
         self._clock = clock
         self._lock = threading.Lock()
-        # key -> [window start, lines in window, suppressed since the last line written]
-        self._seen: dict[tuple[str, str], list[float]] = {}
+        # (message, source) -> its burst window. Entries are never restarted in place, so the
+        # order is that of window starts and expired ones are popped from the front.
+        self._sources: OrderedDict[tuple[str, str], _Window] = OrderedDict()
+        # message -> its budget window, and the count suppressed across sources.
+        self._messages: dict[str, _Window] = {}
+
+    def table_size(self) -> int:
+        with self._lock:
+            return len(self._sources) + len(self._messages)
 
     def __call__(
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if method not in ("warning", "warn", "error", "exception", "critical"):
+        throttle = event_dict.pop("throttle", None)
+        if method not in _LIMITED_LEVELS:
             return event_dict
-        key = (str(event_dict.get("event")), str(event_dict.get("camera", "")))
+        if "camera" in event_dict:
+            source = str(event_dict["camera"])
+        elif throttle:
+            source = throttle if isinstance(throttle, str) else ""
+        else:
+            return event_dict
         now = self._clock()
         with self._lock:
-            if len(self._seen) > 10_000:  # forged camera ids must not grow this without bound
-                self._seen.clear()
-            state = self._seen.setdefault(key, [now, 0, 0])
-            if now - state[0] >= self.window_s:
-                state[0], state[1] = now, 0
-            if state[1] >= self.burst:
-                state[2] += 1
+            self._expire(now)
+            message, total = self._message(str(event_dict.get("event")), now)
+            key = (message, source)
+            if key not in self._sources and len(self._sources) >= self.max_keys:
+                key = (message, _OTHER_SOURCES)
+            window = self._sources.get(key)
+            if window is not None and window.lines >= self.burst:
+                window.suppressed += 1
                 raise structlog.DropEvent
-            state[1] += 1
-            if state[2]:
-                event_dict["suppressed"] = int(state[2])
-                state[2] = 0
+            if total.lines >= self.budget:
+                total.suppressed += 1
+                raise structlog.DropEvent
+            if window is None:
+                # Only lines that get through make an entry: at most ``budget`` per window.
+                window = self._sources[key] = _Window(now)
+            window.lines += 1
+            total.lines += 1
+            suppressed = window.suppressed + total.suppressed
+            window.suppressed = total.suppressed = 0
+        if suppressed:
+            event_dict["suppressed"] = suppressed
         return event_dict
+
+    def _expire(self, now: float) -> None:
+        while self._sources:
+            key, window = next(iter(self._sources.items()))
+            if now - window.start < self.window_s:
+                return
+            del self._sources[key]
+            if window.suppressed:  # handed to the message, so the next line of it reports them
+                self._messages.setdefault(key[0], _Window(now)).suppressed += window.suppressed
+
+    def _message(self, message: str, now: float) -> tuple[str, _Window]:
+        total = self._messages.get(message)
+        if total is None:
+            if len(self._messages) >= self.max_keys:
+                # Messages are constants in code; this is only reached by a bug. Drop those
+                # that hold nothing, else share one key.
+                for name in [n for n, w in self._messages.items() if self._idle(n, w, now)]:
+                    del self._messages[name]
+            if len(self._messages) >= self.max_keys:
+                message = _OTHER_MESSAGES
+            total = self._messages.setdefault(message, _Window(now))
+        if now - total.start >= self.window_s:
+            total.start, total.lines = now, 0
+        return message, total
+
+    def _idle(self, message: str, window: _Window, now: float) -> bool:
+        return (
+            now - window.start >= self.window_s
+            and not window.suppressed
+            and message != _OTHER_MESSAGES
+        )
 
 
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from edge import __version__
-from edge.cliutil import Sources, fail
+from edge.cliutil import Sources, bind_endpoints, fail
 from edge.logs import configure
 
 app = typer.Typer(
@@ -25,12 +25,16 @@ def run(
     source: Sources = None,
     bind_source: Annotated[
         list[str] | None,
-        typer.Option(help="Endpoint to BIND for cameras that connect to the daemon; repeatable."),
+        typer.Option(
+            help="Endpoint to BIND for cameras that connect to the daemon; repeatable.",
+            callback=bind_endpoints,
+        ),
     ] = None,
     publish: Annotated[
         str | None,
         typer.Option(
-            help="Endpoint the daemon BINDs to publish events. (default: tcp://127.0.0.1:5556)"
+            help="Endpoint the daemon BINDs to publish events. (default: tcp://127.0.0.1:5556)",
+            callback=bind_endpoints,
         ),
     ] = None,
     models: Annotated[
@@ -95,6 +99,19 @@ def run(
     pid_file: Annotated[
         Path | None, typer.Option(help="Write the pid here, for `edge reload`. (default: none)")
     ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep each camera's last seq here, so frames lost across a crash or restart "
+            "are reported as a gap. (default: $STATE_DIRECTORY, set by systemd; else off)"
+        ),
+    ] = None,
+    max_cameras: Annotated[
+        int | None,
+        typer.Option(
+            help="Camera ids the daemon keeps counters for; more are refused. (default: 64)"
+        ),
+    ] = None,
 ) -> None:
     """Run the inspection daemon: frames in from cameras, defect events out.
 
@@ -127,6 +144,8 @@ def run(
         log_level=log_level,
         metrics=metrics,
         pid_file=pid_file,
+        state_dir=state_dir,
+        max_cameras=max_cameras,
     )
     try:
         cfg = load_config(config, **overrides)

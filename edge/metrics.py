@@ -20,13 +20,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
+from edge.ledger import OVERFLOW
+from edge.protocol import UNKNOWN_CAMERA
+
 log = structlog.get_logger(__name__)
 
-# A forged or misconfigured camera id must not grow the registry without bound.
+# A forged or misconfigured camera id must not grow the registry without bound: cameras past
+# the daemon's table (max_cameras) are counted under the ledger's overflow label.
 MAX_CAMERA_LABELS = 64
-OTHER_CAMERAS = "other"
+OTHER_CAMERAS = OVERFLOW
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+TILE_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def reject_category(reason: str) -> str:
@@ -37,13 +42,21 @@ def reject_category(reason: str) -> str:
         return "inference"
     if reason.startswith("post-processing failed"):
         return "postprocess"
+    if reason.startswith(("frame height", "frame width", "frame pixels", "camera table full")):
+        return "limit"
     return "protocol"
 
 
 class Metrics:
-    def __init__(self, queue_depth: Callable[[], int], progress_age_s: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        queue_depth: Callable[[], int],
+        progress_age_s: Callable[[], float],
+        max_cameras: int = MAX_CAMERA_LABELS,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.max_cameras = max_cameras
         self._cameras: set[str] = set()
         self._lock = threading.Lock()
         self.received = Counter(
@@ -61,6 +74,12 @@ class Metrics:
         )
         self.batch_strips = Histogram(
             "edge_batch_strips", "Strips per inference batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_tiles = Histogram(
+            "edge_batch_tiles",
+            "Model tiles per inference batch (at most max_batch, unless one strip has more)",
+            buckets=TILE_BUCKETS,
+            registry=r,
         )
         self.stage_seconds = Histogram(
             "edge_stage_seconds",
@@ -81,15 +100,27 @@ class Metrics:
         self.ready = Gauge("edge_ready", "1 when /readyz would answer 200", registry=r)
         self.backend = Info("edge_backend", "Backend and model versions serving", registry=r)
         self.reloads = Counter("edge_reloads", "Reloads by outcome", ["outcome"], registry=r)
+        # Labelled by the configured endpoints only: bounded by the config.
+        self.source_up = Gauge(
+            "edge_source_up",
+            "1 while the daemon is connected to this source (--source endpoints)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.source_losses = Counter(
+            "edge_source_losses", "Times a --source connection was lost", ["endpoint"], registry=r
+        )
 
     def camera(self, camera: str) -> str:
+        if camera in (UNKNOWN_CAMERA, OVERFLOW):
+            return camera
         with self._lock:
             if camera in self._cameras:
                 return camera
-            if len(self._cameras) < MAX_CAMERA_LABELS:
+            if len(self._cameras) < self.max_cameras:
                 self._cameras.add(camera)
                 return camera
-        return OTHER_CAMERAS
+        return OVERFLOW
 
     def frame_received(self, camera: str) -> None:
         self.received.labels(self.camera(camera)).inc()
@@ -174,9 +205,16 @@ def _text(start_response: Any, status: str, body: str) -> list[bytes]:
 
 
 def readiness(
-    started: bool, stopping: bool, progress_age_s: float, stall_timeout_s: float
+    started: bool,
+    stopping: bool,
+    progress_age_s: float,
+    stall_timeout_s: float,
+    sources_down: Iterable[tuple[str, bool, float]] = (),
 ) -> tuple[bool, str]:
-    """(ready, why): what /readyz answers."""
+    """(ready, why): what /readyz answers.
+
+    ``sources_down``: (endpoint, ever connected, seconds since) for each source not connected.
+    """
     if not started:
         return False, "starting: loading models"
     if stopping:
@@ -186,4 +224,10 @@ def readiness(
             f"inference loop stalled: no progress for {progress_age_s:.1f}s "
             f"(stall_timeout_s = {stall_timeout_s})"
         )
+    down = [
+        f"{endpoint} ({'lost' if ever else 'not connected yet'}, {seconds:.1f}s)"
+        for endpoint, ever, seconds in sources_down
+    ]
+    if down:
+        return False, "source down: " + ", ".join(down)
     return True, "ready"

@@ -45,7 +45,7 @@ class Notifier:
             self._socket.sendto(message, self.address)
         except OSError as err:
             # systemd restarted or the socket went away: the daemon's work matters more.
-            log.warning("sd_notify failed", socket=self.address, error=str(err))
+            log.warning("sd_notify failed", socket=self.address, error=str(err), throttle=True)
             return False
         return True
 

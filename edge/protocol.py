@@ -42,6 +42,8 @@ KIND_DROP: Final = "drop"
 KIND_GAP: Final = "gap"
 KIND_CAMERA_RESTART: Final = "camera_restart"
 KIND_STATUS: Final = "status"
+KIND_SOURCE_LOST: Final = "source_lost"
+KIND_SOURCE_RESTORED: Final = "source_restored"
 
 
 class ProtocolError(ValueError):
@@ -129,18 +131,16 @@ def encode_frame(header: FrameHeader, payload: bytes | memoryview) -> list[bytes
 def parse_frame_parts(parts: list[bytes] | list[memoryview]) -> tuple[FrameHeader, memoryview]:
     """Validate one received multipart message; return its header and a view of its payload.
 
-    Raises ProtocolError naming the first thing that is wrong. Nothing is decoded or allocated
-    in proportion to what the header claims.
+    Raises ProtocolError naming the first thing that is wrong, filed under the camera and seq as
+    far as readable (see ``_address``). Nothing is decoded or allocated in proportion to what
+    the header claims.
     """
     if len(parts) != 3:
-        camera = UNKNOWN_CAMERA
-        if parts:
-            with contextlib.suppress(ProtocolError):
-                camera = _parse_topic(bytes(parts[0]))
         raise ProtocolError(
-            f"expected 3 message parts (topic, header, payload), got {len(parts)}", camera
+            f"expected 3 message parts (topic, header, payload), got {len(parts)}",
+            *_address(parts[0] if parts else None, parts[1] if len(parts) >= 2 else None),
         )
-    topic_camera = _parse_topic(bytes(parts[0]))
+    topic_camera = _parse_topic(bytes(parts[0]), parts[1])
     try:
         raw_header = unpack(parts[1])
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -160,20 +160,60 @@ def parse_frame_parts(parts: list[bytes] | list[memoryview]) -> tuple[FrameHeade
     return header, payload
 
 
-def _parse_topic(topic: bytes) -> str:
+def _parse_topic(topic: bytes, header: bytes | memoryview | None = None) -> str:
+    """The camera a ``frame/<id>`` topic names.
+
+    ``header`` is the message's header part: a bad topic's reject is still filed under the
+    header's camera and seq when those are readable.
+    """
     try:
         text = topic.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"topic is not UTF-8: {topic[:64]!r}") from exc
+        reason = f"topic is not UTF-8: {topic[:64]!r}"
+        raise ProtocolError(reason, *_address(None, header)) from exc
     if not text.startswith(FRAME_TOPIC_PREFIX) or len(text) == len(FRAME_TOPIC_PREFIX):
-        raise ProtocolError(f"topic must be 'frame/<camera_id>', got {text[:64]!r}")
+        reason = f"topic must be 'frame/<camera_id>', got {text[:64]!r}"
+        raise ProtocolError(reason, *_address(None, header))
     return text[len(FRAME_TOPIC_PREFIX) :]
+
+
+def _address(
+    topic: bytes | memoryview | None, header: bytes | memoryview | None
+) -> tuple[str, int]:
+    """(camera, seq) of a rejected message as far as readable; never raises.
+
+    Camera: the header's, else the topic's, else "unknown"; seq: the header's, else -1. Only
+    called once a message is already rejected, so a good frame's header is unpacked once.
+    """
+    camera = UNKNOWN_CAMERA
+    if topic is not None:
+        with contextlib.suppress(ProtocolError):
+            camera = _parse_topic(bytes(topic))
+    if header is None:
+        return camera, UNKNOWN_SEQ
+    try:
+        # Bounded by the part's own size: msgpack caps every claimed length at the buffer's.
+        raw = unpack(header)
+    except Exception:  # not msgpack: simply unreadable; the reason is another problem
+        return camera, UNKNOWN_SEQ
+    if not isinstance(raw, dict):
+        return camera, UNKNOWN_SEQ
+    return _header_address(raw, camera)
+
+
+def _header_address(raw: dict[Any, Any], fallback_camera: str) -> tuple[str, int]:
+    # The same rule as parse_header's, which inlines it: a good frame pays no extra call.
+    camera, seq = raw.get("camera"), raw.get("seq")
+    camera_ok = isinstance(camera, str) and camera != ""
+    seq_ok = isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0
+    return (camera if camera_ok else fallback_camera, seq if seq_ok else UNKNOWN_SEQ)
 
 
 def parse_header(raw: Any, topic_camera: str | None = None) -> FrameHeader:
     """Check a decoded header map field by field; raise ProtocolError naming the bad field.
 
-    ``topic_camera`` is the camera named in the topic, which the header must match.
+    ``topic_camera`` is the camera named in the topic, which the header must match. A reject is
+    filed under the header's camera (else the topic's) and the header's seq, when valid.
     """
     fallback_camera = UNKNOWN_CAMERA if topic_camera is None else topic_camera
     if not isinstance(raw, dict):
@@ -325,3 +365,20 @@ def parse_event(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
     if not isinstance(body, dict) or body.get("v") != VERSION:
         raise ProtocolError(f"event body is not a v{VERSION} map")
     return topic, body
+
+
+def source_event(
+    kind: str, daemon_id: str, endpoint: str, *, losses: int, down_s: float | None = None
+) -> dict[str, Any]:
+    """``source_lost`` / ``source_restored``: a camera endpoint the daemon connects to went away
+    or came back (published on ``status/<daemon_id>``: it is about the daemon's inputs)."""
+    body: dict[str, Any] = {
+        "v": VERSION,
+        "kind": kind,
+        "daemon": daemon_id,
+        "endpoint": endpoint,
+        "losses": losses,
+    }
+    if down_s is not None:
+        body["down_s"] = round(down_s, 3)
+    return body

@@ -32,6 +32,10 @@ from edge.sinks import EventPublisher, result_events
 
 log = structlog.get_logger(__name__)
 STOP = object()  # the last item of the outbox: publish a final status and close
+# Replace the PUB socket so every subscriber authenticates again (a CURVE key was revoked).
+REBIND = object()
+# Per-frame events: once one is sent, its frame is settled in the ledger (edge.seqstate).
+PER_FRAME = (protocol.KIND_RESULT, protocol.KIND_REJECT, protocol.KIND_DROP)
 
 
 # A run of a batch's frames and what the models made of them: their Inferred, or (for a frame
@@ -107,8 +111,10 @@ class PublishLoop:
                 elif isinstance(item, Retire):
                     self._retiring.append(item)
                     self._close_retired()
+                elif item is REBIND:
+                    publisher.rebind()
                 else:
-                    publisher.send(*item)
+                    self._publish(publisher, *item)
             # A worker that stopped mid-way (a failure) leaves a gap: send the rest anyway.
             for ticket in sorted(self._ready):
                 self._send(self._ready.pop(ticket), publisher)
@@ -151,6 +157,7 @@ class PublishLoop:
             # Every frame still gets its one event, and the publisher serves on.
             log.exception(
                 "post-processing failed",
+                throttle=True,
                 frames=[f"{f.header.camera}/{f.header.seq}" for f in frames],
             )
             return [
@@ -182,9 +189,14 @@ class PublishLoop:
                         seq=header.seq,
                         reason=out.reject_reason,
                     )
-                publisher.send(protocol.event_topic(header.camera), out.event)
+                self._publish(publisher, protocol.event_topic(header.camera), out.event)
         finally:
             self._tickets.release()
+
+    def _publish(self, publisher: EventPublisher, topic: bytes, event: dict[str, Any]) -> None:
+        publisher.send(topic, event)
+        if event["kind"] in PER_FRAME:
+            self._ledger.settle(event["camera"], event["seq"])
 
 
 def _reject(frame: Frame, reason: str) -> Outgoing:

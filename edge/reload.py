@@ -45,6 +45,7 @@ RESTART_KEYS = (
     "curve_secret_key",
     "metrics",
     "pid_file",
+    "state_dir",
     "daemon_id",
     "workers",  # the inference threads are started once
 )

@@ -93,17 +93,27 @@ class CurveServer:
     def callback(self, domain: str, client_key: bytes) -> bool:
         allowed = client_key in self._allowed
         if not allowed:
+            key = client_key.decode(errors="replace")
+            # Repeats at every reconnect attempt: rate-limited per key, like a per-frame line.
             log.warning(
                 "CURVE client refused: its public key is not in curve_authorized_clients",
-                client_key=client_key.decode(errors="replace"),
+                client_key=key,
                 folder=str(self.authorized),
+                throttle=key,
             )
         return allowed
 
-    def reload(self) -> None:
-        """Re-read the authorized folder (SIGHUP); a bad folder keeps the previous set."""
-        self._allowed = self._load_allowed()
-        log.info("CURVE authorized clients reloaded", clients=len(self._allowed))
+    def reload(self) -> int:
+        """Re-read the authorized folder (SIGHUP); a bad folder keeps the previous set.
+
+        Returns how many keys were removed: peers already connected with one of those stay
+        connected until the sockets are replaced (ZeroMQ authenticates only at connect).
+        """
+        allowed = self._load_allowed()
+        revoked = len(self._allowed - allowed)
+        self._allowed = allowed
+        log.info("CURVE authorized clients reloaded", clients=len(allowed), revoked=revoked)
+        return revoked
 
     def secure(self, socket: zmq.Socket) -> None:
         """Make ``socket`` a CURVE server; call before bind/connect."""

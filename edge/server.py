@@ -28,25 +28,26 @@ from typing import Any
 import structlog
 import zmq
 
-from edge import protocol
+from edge import protocol, seqstate
 from edge.config import Config
 from edge.frames import Frame
 from edge.inference import InferenceWorkers
 from edge.ledger import Ledger
 from edge.metrics import HealthServer, Metrics, readiness
 from edge.notify import Heartbeat, Notifier
-from edge.protocol import ProtocolError
-from edge.publishing import STOP, PublishLoop
+from edge.publishing import REBIND, STOP, PublishLoop
+from edge.receiver import Receiver
 from edge.reload import Handover, load_models, prepare, remove_pid_file, write_pid_file
 from edge.replicas import Replicas
 from edge.security import CurveServer, SecurityError
 from edge.sinks import EventPublisher
 from edge.sinks import result_events as result_events  # re-exported: edge bench runs it
-from edge.sources import FrameReceiver, read_frame
+from edge.sources import FrameReceiver
 from edge.workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RESTART_GRACE_S = 0.5
 
 
 class Server:
@@ -66,20 +67,22 @@ class Server:
         self._handover = Handover()
         self.should_exit = threading.Event()
         self.started = threading.Event()
-        self.ledger = Ledger()
+        self.ledger = Ledger(config.max_cameras)
+        self._state: seqstate.StateWriter | None = None
         self.publish_endpoint: str | None = None
         self.bound_sources: list[str] = []
         self.failure: BaseException | None = None
-        self._stop_receiving = threading.Event()
+        self.receiver: Receiver | None = None
         self._queue: WorkQueue[Frame] = WorkQueue(config.queue_size, config.overload)
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._context: zmq.Context | None = None
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[str, threading.Thread] = {}
         self._started_at = time.monotonic()
         self.notifier = Notifier()
         self.metrics = Metrics(
             queue_depth=lambda: len(self._queue),
             progress_age_s=lambda: time.monotonic() - self.last_progress,
+            max_cameras=config.max_cameras,
         )
         self.health: HealthServer | None = None
         self.curve: CurveServer | None = None
@@ -121,21 +124,41 @@ class Server:
                 self._context, cfg.curve_secret_key, cfg.curve_authorized_clients
             )
             secure = self.curve.secure
+        if cfg.state_dir is not None:
+            path = seqstate.state_file(cfg.state_dir)
+            self.ledger = Ledger(cfg.max_cameras, seqstate.load(path, cfg.max_cameras))
+            self._state = seqstate.StateWriter(path)
+        else:
+            log.warning("no state_dir: frames lost while the daemon is down or crashing cannot "
+                        "be reported as gaps after a restart (systemd's StateDirectory= sets it)")  # fmt: skip
         publisher = EventPublisher(self._context, cfg.publish, sndhwm=cfg.sndhwm, secure=secure)
-        try:
-            receiver = FrameReceiver(
-                self._context,
+        if self.ledger.settled_seqs():
+            # A restart: subscribers reconnect within ZeroMQ's 100 ms reconnect interval, and
+            # events published before they are back would be lost to them.
+            time.sleep(RESTART_GRACE_S)
+        context = self._context
+
+        def open_socket(bound: list[str] | None) -> FrameReceiver:
+            return FrameReceiver(
+                context,
                 connect=cfg.sources,
                 bind=cfg.bind_sources,
                 rcvhwm=cfg.rcvhwm,
                 max_message_bytes=cfg.max_message_bytes,
                 secure=secure,
+                bound=bound,
             )
+
+        try:
+            receiver = self.receiver = Receiver(
+                open_socket, self._queue, self._outbox, self.ledger, self.metrics,
+                lambda: self.config,
+            )  # fmt: skip
             try:
                 if cfg.metrics_address is not None:
                     self.health = HealthServer(*cfg.metrics_address, self.metrics, self.readiness)
             except BaseException:
-                receiver.close()
+                receiver.socket.close()
                 raise
         except BaseException:
             publisher.close(linger_ms=0)  # an open socket would hang Context.term() in shutdown
@@ -155,15 +178,16 @@ class Server:
             self._outbox, workers.tickets, workers.unfinished, self.ledger, self.metrics,
             self.status, lambda: self.config,
         )  # fmt: skip
-        self._threads = [
-            threading.Thread(target=self._guard(self._publishing.run, publisher), name="publisher"),
-            threading.Thread(target=self._guard(self._receive_loop, receiver), name="receiver"),
-            *[
-                threading.Thread(target=self._guard(workers.run, i), name=f"inference-{i}")
-                for i in range(workers.count)
-            ],
-        ]
-        for thread in self._threads:
+        roles: dict[str, Callable[[], None]] = {
+            "publisher": lambda: self._publishing.run(publisher),
+            "receiver": receiver.run,
+            **{f"inference-{i}": (lambda i=i: workers.run(i)) for i in range(workers.count)},
+        }
+        self._threads = {
+            name: threading.Thread(target=self._guard(body), name=name)
+            for name, body in roles.items()
+        }
+        for thread in self._threads.values():
             thread.start()
         log.info(
             "daemon ready",
@@ -202,17 +226,27 @@ class Server:
         return time.monotonic() - self.last_progress < self.config.stall_timeout_s
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why) for /readyz: models loaded and the inference workers going round."""
+        """(ready, why) for /readyz: models loaded, the inference workers going round, and
+        every source the daemon connects to connected."""
+        now = time.monotonic()
+        down = self.receiver.watch.down() if self.receiver is not None else []
         return readiness(
             self.started.is_set(),
             self.should_exit.is_set(),
-            time.monotonic() - self.last_progress,
+            now - self.last_progress,
             self.config.stall_timeout_s,
+            [(s.endpoint, s.ever_up, now - s.since) for s in down],
         )
 
     def main_loop(self) -> None:
         heartbeat = Heartbeat(self.notifier, self.ledger.snapshot, lambda: len(self._queue))
+        next_state = time.monotonic()
         while not self.should_exit.wait(0.2):
+            if self._state is not None and time.monotonic() >= next_state:
+                # Here, not on the publisher thread: an fsync on a slow disk must not hold
+                # events up.
+                self._state.write(self.ledger.settled_seqs())
+                next_state = time.monotonic() + self.config.state_interval_s
             if self.failure is not None:
                 break
             if self._reload_requested.is_set() and not self.reloading:
@@ -233,9 +267,12 @@ class Server:
         log.info("reload: reading the config and loading the models")
         if self.curve is not None:
             try:
-                self.curve.reload()
+                revoked = self.curve.reload()
             except SecurityError as err:
                 log.error("reload: authorized clients kept as they were", error=str(err))
+            else:
+                if revoked:
+                    self._reauthenticate(revoked)
         try:
             running = self.workers.count if self.workers is not None else None
             prepared = prepare(self.config, self._read_config, workers=running)
@@ -256,6 +293,15 @@ class Server:
         self.notifier.ready(f"reloaded: models {models.model_ids}")
         return True
 
+    def _reauthenticate(self, revoked: int) -> None:
+        """Peers authenticate once, at connect: to cut off revoked ones, both sockets are
+        replaced and every peer connects again (a moment without events or frames)."""
+        log.warning("reload: CURVE keys removed; replacing both sockets so every camera and "
+                    "subscriber authenticates again", revoked=revoked)  # fmt: skip
+        if self.receiver is not None:
+            self.receiver.request_rebuild()
+        self._outbox.put(REBIND)
+
     def shutdown(self) -> None:
         self.notifier.stopping()
         if not self._threads:  # startup failed part-way
@@ -264,8 +310,11 @@ class Server:
             if self.health is not None:
                 self.health.close()
             return
-        publisher, receiver, inference = self._threads[0], self._threads[1], self._threads[2:]
-        self._stop_receiving.set()
+        threads = dict(self._threads)
+        publisher, receiver = threads.pop("publisher"), threads.pop("receiver")
+        inference = list(threads.values())
+        assert self.receiver is not None
+        self.receiver.stop.set()
         receiver.join()
         self._queue.close()
         deadline = time.monotonic() + self.config.drain_timeout_s
@@ -277,12 +326,14 @@ class Server:
             for worker in inference:
                 worker.join()
         for frame in self._queue.take_all():
-            self._drop(frame, "shutdown")
+            self.receiver.drop(frame, "shutdown")
         if self._reloader is not None:
             self._reloader.join(self.config.drain_timeout_s)
         self._handover.discard()
         self._outbox.put(STOP)
         publisher.join()
+        if self._state is not None:  # every event has left: the seqs are exact now
+            self._state.write(self.ledger.settled_seqs())
         self._close_context()
         if self.models is not None:
             self.models.close()
@@ -307,79 +358,24 @@ class Server:
             self._context.term()
             self._context = None
 
-    def _guard(self, target: Any, *args: Any) -> Any:
+    def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
         """Run a thread body; an unexpected error stops the daemon loudly instead of hanging it."""
 
         def body() -> None:
             try:
-                target(*args)
+                target()
             except BaseException as exc:
                 self.failure = exc
                 log.exception("thread failed, stopping", thread=threading.current_thread().name)
                 self.should_exit.set()
-                self._stop_receiving.set()
+                if self.receiver is not None:
+                    self.receiver.stop.set()
                 self._queue.close()
                 if threading.current_thread().name == "publisher":
                     return
                 self._outbox.put(STOP)
 
         return body
-
-    # -- receiver thread -------------------------------------------------------------------
-
-    def _receive_loop(self, receiver: FrameReceiver) -> None:
-        try:
-            while not self._stop_receiving.is_set():
-                parts = receiver.receive(timeout_ms=100)
-                if parts is not None:
-                    self._accept(parts)
-        finally:
-            receiver.close()
-
-    def _accept(self, parts: list[zmq.Frame]) -> None:
-        start = time.perf_counter()
-        try:
-            frame = read_frame(parts)
-        except ProtocolError as err:
-            self.ledger.count(err.camera, "received")
-            self.metrics.frame_received(err.camera)
-            if err.seq != protocol.UNKNOWN_SEQ:
-                # Received, though rejected: it must not be reported missing in a gap too.
-                self._observe_seq(err.camera, err.seq)
-            self._reject(err.camera, err.seq, err.reason)
-            return
-        header = frame.header
-        self.metrics.stage("decode", time.perf_counter() - start)
-        self.ledger.count(header.camera, "received")
-        self.metrics.frame_received(header.camera)
-        self._observe_seq(header.camera, header.seq)
-        left_over = self._queue.put(frame, stop=self._stop_receiving)
-        if left_over is frame:  # blocked until shutdown: never queued
-            self._drop(frame, "shutdown")
-        elif left_over is not None:
-            self._drop(left_over, "overload")
-
-    def _observe_seq(self, camera: str, seq: int) -> None:
-        for event in self.ledger.observe_seq(camera, seq):
-            if event["kind"] == protocol.KIND_GAP:
-                self.metrics.gap(camera, event["missing"])
-            self._emit(camera, event)
-
-    # -- events ----------------------------------------------------------------------------
-
-    def _emit(self, camera: str, event: dict[str, Any]) -> None:
-        self._outbox.put((protocol.event_topic(camera), event))
-
-    def _reject(self, camera: str, seq: int, reason: str, ts_ns: int | None = None) -> None:
-        self.ledger.count(camera, "rejects")
-        self.metrics.reject(camera, reason)
-        log.warning("frame rejected", camera=camera, seq=seq, reason=reason)
-        self._emit(camera, protocol.reject_event(camera, seq, reason, ts_ns))
-
-    def _drop(self, frame: Frame, reason: str) -> None:
-        self.ledger.count(frame.header.camera, "drops")
-        self.metrics.drop(frame.header.camera, reason)
-        self._emit(frame.header.camera, protocol.drop_event(frame.header, reason))
 
     @property
     def batches(self) -> int:
@@ -393,4 +389,8 @@ class Server:
             queue_depth=len(self._queue),
             batches=self.batches,
             models=self.models.model_ids if self.models is not None else {},
+            sources={
+                s.endpoint: s.describe(time.monotonic())
+                for s in (self.receiver.watch.sources.values() if self.receiver else ())
+            },
         )

@@ -57,6 +57,10 @@ PrivateTmp=yes
 RuntimeDirectory=edge
 RuntimeDirectoryMode=0750
 ReadWritePaths=/run/edge
+# Each camera's last seq, kept across restarts so frames lost to a crash are reported as a
+# gap: systemd creates /var/lib/edge, writable by the daemon, and sets $STATE_DIRECTORY.
+StateDirectory=edge
+StateDirectoryMode=0750
 # With rebuild_stale = true the daemon rebuilds stale TensorRT engines in its engine folder,
 # which must then be writable too, e.g.: ReadWritePaths=/run/edge /var/lib/edge/engines
 ProtectKernelTunables=yes
@@ -112,7 +116,18 @@ overload = "drop-oldest"
 # ZeroMQ buffers per camera (frames) and per subscriber (events): they bound memory.
 rcvhwm = 200
 sndhwm = 10000
-max_message_bytes = 33554432      # 32 MiB: ZeroMQ disconnects a camera that sends more
+max_message_bytes = 33554432      # 32 MiB: a bigger message drops the connection (the daemon reconnects)
+
+# The largest frame and the number of camera ids it takes; more is rejected before decoding.
+max_frame_pixels = 1638400        # 4 nominal 256 x 1600 strips
+max_frame_height = 1024
+max_frame_width = 6400
+max_cameras = 64
+
+# Each camera's last seq survives a crash or restart, so frames lost meanwhile show as a gap.
+# Under systemd the unit's StateDirectory= provides /var/lib/edge: no need to set it here.
+# state_dir = "/var/lib/edge"
+state_interval_s = 1.0
 
 # Prometheus /metrics, /healthz and /readyz; keep it on localhost or a management network.
 metrics = "127.0.0.1:9108"

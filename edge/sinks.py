@@ -13,6 +13,10 @@ from edge.cascade import Cascade, StripResult
 from edge.frames import Frame
 from edge.postprocess import strip_defects
 from edge.protocol import pack
+from edge.sockets import bind_when_free
+
+REBIND_FLUSH_MS = 500
+REBIND_GRACE_S = 0.5
 
 
 class EventPublisher:
@@ -26,19 +30,35 @@ class EventPublisher:
         sndhwm: int = 10000,
         secure: Callable[[zmq.Socket], None] | None = None,
     ) -> None:
-        self.socket = context.socket(zmq.PUB)
-        if secure is not None:
-            secure(self.socket)  # CURVE must be set before the bind
+        self._context, self._sndhwm, self._secure = context, sndhwm, secure
+        self.socket = self._open(endpoint)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _open(self, endpoint: str, patience_s: float = 0.0) -> zmq.Socket:
+        socket = self._context.socket(zmq.PUB)
+        if self._secure is not None:
+            self._secure(socket)  # CURVE must be set before the bind
         # PUB never blocks: past the high-water mark a slow subscriber loses messages, which it
         # can see from the per-camera seq in events; the daemon itself is never stalled.
-        self.socket.setsockopt(zmq.SNDHWM, sndhwm)
+        socket.setsockopt(zmq.SNDHWM, self._sndhwm)
         try:
-            self.socket.bind(endpoint)
+            bind_when_free(socket, endpoint, patience_s)
         except zmq.ZMQError:
             # An open socket would make Context.term() wait forever: the error must surface.
-            self.socket.close(linger=0)
+            socket.close(linger=0)
             raise
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        return socket
+
+    def rebind(self, grace_s: float = REBIND_GRACE_S) -> None:
+        """A new socket on the same endpoint: every subscriber connects and authenticates again.
+
+        What was queued for the old peers is flushed to them first (it was made before the
+        revocation), and events wait ``grace_s`` so that subscribers reconnecting at ZeroMQ's
+        100 ms interval miss nothing.
+        """
+        self.socket.close(linger=REBIND_FLUSH_MS)
+        self.socket = self._open(self.endpoint, patience_s=2.0)
+        time.sleep(grace_s)
 
     def send(self, topic: bytes, body: dict[str, Any]) -> None:
         self.socket.send_multipart([topic, pack(body)])

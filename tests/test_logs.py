@@ -62,3 +62,108 @@ def test_configured_json_lines_carry_camera_and_seq_and_are_limited(
     assert 1 <= len(lines) <= 5
     assert all(line["camera"] == "cam9" and "seq" in line for line in lines)
     assert lines[0]["level"] == "warning" and lines[0]["timestamp"]
+
+
+def test_forged_camera_ids_cannot_flood_and_every_drop_is_reported() -> None:
+    clock = Clock()
+    limiter = RateLimiter(burst=5, budget=20, window_s=10.0, clock=clock)
+    written = [
+        run(limiter, "warning", event="frame rejected", camera=f"forged{i}", seq=0)
+        for i in range(3200)
+    ]
+    passed = [w for w in written if w is not None]
+    assert len(passed) <= 5 + 20
+    dropped = 3200 - len(passed)
+    clock.now = 10.0
+    after = [run(limiter, "warning", event="frame rejected", camera="cam1") for _ in range(3)]
+    reported = sum(line.get("suppressed", 0) for line in passed + [a for a in after if a])
+    assert reported == dropped
+    # The report comes once: the next lines carry no count.
+    assert all(a is not None and "suppressed" not in a for a in after[1:])
+
+
+def test_a_cameras_suppressed_count_surfaces_even_if_that_camera_goes_quiet() -> None:
+    clock = Clock()
+    limiter = RateLimiter(burst=2, budget=20, window_s=10.0, clock=clock)
+    for _ in range(9):
+        run(limiter, "error", event="inference failed", camera="cam1")
+    clock.now = 10.0
+    line = run(limiter, "error", event="inference failed", camera="cam2")
+    assert line is not None and line["suppressed"] == 7
+
+
+@pytest.mark.parametrize("budget", [20, 10**9])
+def test_the_limiters_table_stays_bounded_and_keeps_its_counts(budget: int) -> None:
+    clock = Clock()
+    limiter = RateLimiter(burst=5, budget=budget, window_s=10.0, clock=clock, max_keys=1000)
+    passed = 0
+    for i in range(100_000):
+        clock.now = i * 0.001  # 100 s of ids, ten windows
+        line = run(limiter, "warning", event="frame rejected", camera=f"id{i}")
+        if line is not None:
+            passed += 1 + line.get("suppressed", 0)
+        assert limiter.table_size() <= 1000 + 2
+    clock.now = 1000.0
+    line = run(limiter, "warning", event="frame rejected", camera="cam1")
+    assert line is not None
+    assert passed + 1 + line.get("suppressed", 0) == 100_001
+    # Within one window nothing expires: new ids fold into one key, still bounded and counted.
+    passed = 0
+    for i in range(100_000):
+        line = run(limiter, "warning", event="frame rejected", camera=f"again{i}")
+        passed += line is not None
+    assert limiter.table_size() <= 1000 + 2
+    assert passed <= min(budget, 1000 + 5)
+    clock.now = 2000.0
+    line = run(limiter, "warning", event="frame rejected", camera="cam1")
+    assert line is not None and passed + line["suppressed"] == 100_000
+
+
+def test_a_message_flood_of_distinct_texts_is_bounded_too() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock=clock, max_keys=100)
+    for i in range(10_000):
+        clock.now = i * 0.01
+        run(limiter, "warning", event=f"formatted message {i}", camera="cam1")
+        assert limiter.table_size() <= 2 * 100 + 2
+
+
+def test_lines_without_a_camera_are_never_dropped() -> None:
+    limiter = RateLimiter(burst=1, budget=1, clock=Clock())
+    lines = [
+        run(limiter, "error", event="reload refused; the running models keep serving", error="x")
+        for _ in range(7)
+    ]
+    assert all(line is not None and "suppressed" not in line for line in lines)
+
+
+def test_an_opted_in_line_is_limited_per_source_and_the_key_is_not_written() -> None:
+    limiter = RateLimiter(burst=2, budget=20, clock=Clock())
+    event = "CURVE client refused: its public key is not in curve_authorized_clients"
+    lines = [run(limiter, "warning", event=event, client_key="A", throttle="A") for _ in range(5)]
+    assert sum(line is not None for line in lines) == 2
+    assert all("throttle" not in line for line in lines if line)
+    # Another client's refusal still shows.
+    other = run(limiter, "warning", event=event, client_key="B", throttle="B")
+    assert other is not None and "throttle" not in other
+    limited = RateLimiter(burst=1, budget=20, clock=Clock())
+    assert [run(limited, "warning", event="x", throttle=True) is not None for _ in range(3)] == [
+        True,
+        False,
+        False,
+    ]
+    assert "throttle" not in (run(limited, "info", event="y", throttle=True) or {})
+
+
+def test_configured_reload_refusals_are_all_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure("json", "info")
+    try:
+        log = structlog.get_logger("test")
+        for attempt in range(7):
+            log.error("reload refused; the running models keep serving", error=f"bad {attempt}")
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["error"] for line in lines] == [f"bad {attempt}" for attempt in range(7)]

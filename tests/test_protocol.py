@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tracemalloc
 from typing import Any
 
@@ -133,26 +134,27 @@ def test_header_properties() -> None:
 # -- malformed frames ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("count", [0, 1, 2, 4])
+@pytest.mark.parametrize("count", [0, 1, 2, 4, 10])
 def test_wrong_part_count(count: int) -> None:
-    parts = [*_parts(), b"extra"][:count]
+    parts = [*_parts(), *[b"extra"] * 7][:count]
     err = _reject(parts)
     assert err.reason == f"expected 3 message parts (topic, header, payload), got {count}"
-    # The topic, when there is one, still says which camera sent the broken message.
-    assert (err.camera, err.seq) == ("cam1" if count else UNKNOWN_CAMERA, UNKNOWN_SEQ)
+    # The header (part 2), when there is one, still says which frame was broken; else the topic.
+    expected = {0: (UNKNOWN_CAMERA, UNKNOWN_SEQ), 1: ("cam1", UNKNOWN_SEQ)}.get(count, ("cam1", 7))
+    assert (err.camera, err.seq) == expected
 
 
 def test_topic_not_utf8() -> None:
     err = _reject([b"frame/\xff\xfe", *_parts()[1:]])
     assert err.reason.startswith("topic is not UTF-8")
-    assert (err.camera, err.seq) == ("unknown", -1)
+    assert (err.camera, err.seq) == ("cam1", 7)  # from the readable header
 
 
 @pytest.mark.parametrize("topic", [b"cam1", b"frame/", b"event/cam1", b"Frame/cam1", b""])
 def test_topic_without_prefix(topic: bytes) -> None:
     err = _reject([topic, *_parts()[1:]])
     assert err.reason.startswith("topic must be 'frame/<camera_id>'")
-    assert (err.camera, err.seq) == ("unknown", -1)
+    assert (err.camera, err.seq) == ("cam1", 7)  # from the readable header
 
 
 def test_long_topic_is_truncated_in_reason() -> None:
@@ -201,8 +203,7 @@ def test_missing_or_empty_camera(camera: Any) -> None:
 def test_topic_and_header_camera_differ() -> None:
     err = _reject(_parts(camera="cam2"))
     assert err.reason == "topic camera 'cam1' does not match header camera 'cam2'"
-    assert err.seq == 7
-    assert err.camera in ("cam1", "cam2")
+    assert (err.camera, err.seq) == ("cam2", 7)  # the header's camera comes first
 
 
 def test_topic_camera_named_unknown_must_still_match() -> None:
@@ -355,6 +356,177 @@ def test_parse_header_without_topic() -> None:
     with pytest.raises(ProtocolError) as info:
         parse_header({**raw, "seq": -5})
     assert (info.value.camera, info.value.seq) == ("cam1", UNKNOWN_SEQ)
+
+
+# -- reject addressing: (camera, seq) as far as readable ----------------------------------------
+
+_GOOD = _parts()
+
+
+def _header(**changes: Any) -> bytes:
+    return _parts(**changes)[1]
+
+
+@pytest.mark.parametrize(
+    ("parts", "reason", "where"),
+    [
+        pytest.param([b"frame/cam1"], "expected 3", ("cam1", -1), id="1 part"),
+        pytest.param([b"\xff"], "expected 3", ("unknown", -1), id="1 part, bad topic"),
+        pytest.param(_GOOD[:2], "expected 3", ("cam1", 7), id="2 parts"),
+        pytest.param([*_GOOD, b"x"], "expected 3", ("cam1", 7), id="4 parts"),
+        pytest.param([*_GOOD, *[b"x"] * 7], "expected 3", ("cam1", 7), id="10 parts"),
+        pytest.param([b"nonsense", _GOOD[1]], "expected 3", ("cam1", 7), id="2 parts, bad topic"),
+        pytest.param(
+            [b"frame/\xff", _header(camera="cam2"), b"", b""],
+            "expected 3",
+            ("cam2", 7),
+            id="4 parts, bad topic",
+        ),
+        pytest.param(
+            [b"frame/cam1", _header(camera="cam2"), b"", b""],
+            "expected 3",
+            ("cam2", 7),
+            id="4 parts, header camera first",
+        ),
+        pytest.param(
+            [b"frame/cam1", b"\xc1", b"", b""],
+            "expected 3",
+            ("cam1", -1),
+            id="4 parts, not msgpack",
+        ),
+        pytest.param(
+            [b"frame/cam1", pack([1, 2]), b"", b""],
+            "expected 3",
+            ("cam1", -1),
+            id="4 parts, not map",
+        ),
+        pytest.param(
+            [b"frame/cam1", _header(camera=""), b"", b""],
+            "expected 3",
+            ("cam1", 7),
+            id="4 parts, bad header camera",
+        ),
+        pytest.param(
+            [b"frame/cam1", _header(seq=True), b"", b""],
+            "expected 3",
+            ("cam1", -1),
+            id="4 parts, bool seq",
+        ),
+        pytest.param(
+            [b"frame/", _header(camera=None), b"", b""],
+            "expected 3",
+            ("unknown", 7),
+            id="4 parts, no camera anywhere",
+        ),
+        pytest.param(
+            [b"frame/\xff\xfe", *_GOOD[1:]], "topic is not UTF-8", ("cam1", 7), id="non-UTF-8"
+        ),
+        pytest.param(
+            [b"frame/\xff", _header(camera="cam2"), _GOOD[2]],
+            "topic is not UTF-8",
+            ("cam2", 7),
+            id="non-UTF-8, other header camera",
+        ),
+        pytest.param([b"cam1", *_GOOD[1:]], "topic must be", ("cam1", 7), id="no frame/ prefix"),
+        pytest.param([b"frame/", *_GOOD[1:]], "topic must be", ("cam1", 7), id="empty topic id"),
+        pytest.param(
+            [b"\xff", b"\xc1\xc1", _GOOD[2]],
+            "topic is not UTF-8",
+            ("unknown", -1),
+            id="bad topic, header not msgpack",
+        ),
+        pytest.param(
+            [b"nonsense", pack("cam1"), _GOOD[2]],
+            "topic must be",
+            ("unknown", -1),
+            id="bad topic, header not a map",
+        ),
+        pytest.param(
+            [b"nonsense", _header(camera=5, seq=3), _GOOD[2]],
+            "topic must be",
+            ("unknown", 3),
+            id="bad topic, bad header camera",
+        ),
+        pytest.param(
+            [b"nonsense", _header(seq=-1), _GOOD[2]],
+            "topic must be",
+            ("cam1", -1),
+            id="bad topic, bad seq",
+        ),
+        pytest.param(
+            [b"frame/cam1", b"\xc1", _GOOD[2]],
+            "header is not valid",
+            ("cam1", -1),
+            id="not msgpack",
+        ),
+        pytest.param(
+            [b"frame/cam1", pack(7), _GOOD[2]],
+            "header must be a msgpack map",
+            ("cam1", -1),
+            id="not a map",
+        ),
+        pytest.param(_parts(camera=""), "header field 'camera'", ("cam1", 7), id="bad camera"),
+        pytest.param(_parts(seq="7"), "header field 'seq'", ("cam1", -1), id="bad seq"),
+        pytest.param(_parts(seq=False), "header field 'seq'", ("cam1", -1), id="bool seq"),
+        pytest.param(_parts(camera="cam2"), "topic camera", ("cam2", 7), id="camera mismatch"),
+        pytest.param(_parts(v=3, seq=-2), "unknown protocol", ("cam1", -1), id="v, bad seq"),
+    ],
+)
+def test_a_reject_is_filed_under_the_camera_and_seq_as_far_as_readable(
+    parts: list[bytes], reason: str, where: tuple[str, int]
+) -> None:
+    """Header camera, else topic camera, else "unknown"; header seq, else -1; first problem wins."""
+    err = _reject(parts)
+    assert err.reason.startswith(reason), err.reason
+    assert (err.camera, err.seq) == where
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"\xdd\xff\xff\xff\xff",  # an array claiming 4 Gi entries
+        b"\xdf\xff\xff\xff\xff",  # a map claiming 4 Gi entries
+        b"\xdb\xff\xff\xff\xff",  # a 4 GiB string
+        b"\x91" * 100_000,  # nested deeper than any decoder stack
+    ],
+)
+def test_reading_a_forged_header_for_the_reject_costs_nothing(header: bytes) -> None:
+    parts = [b"\xff", header, bytes(8 << 20), b"x"]
+    tracemalloc.start()
+    try:
+        for message in (parts, parts[:3]):
+            err = _reject(message)
+            assert (err.camera, err.seq) == (UNKNOWN_CAMERA, UNKNOWN_SEQ)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_rejects_over_real_sockets_are_filed_under_the_header_camera_and_seq(
+    start_daemon, camera_socket
+) -> None:
+    from tests.conftest import gray_strip
+    from tests.test_server import frame_parts
+
+    daemon = start_daemon()
+    cam = camera_socket(daemon.source)
+    good = frame_parts("cam7", 41, gray_strip())
+    cam.send_multipart([*good, b"trailer"])
+    cam.send_multipart([b"frame/\xffcam7", frame_parts("cam7", 42, gray_strip())[1], good[2]])
+    received: list[tuple[str, dict[str, Any]]] = []
+    deadline = time.monotonic() + 30
+    while sum(body.get("kind") == "reject" for _, body in received) < 2:
+        assert time.monotonic() < deadline, f"events so far: {received}"
+        if daemon.subscriber.socket.poll(50):
+            received.append(parse_event(daemon.subscriber.socket.recv_multipart()))
+    rejects = [(topic, body) for topic, body in received if body.get("kind") == "reject"]
+    assert [(t, b["camera"], b["seq"]) for t, b in rejects] == [
+        ("event/cam7", "cam7", 41),
+        ("event/cam7", "cam7", 42),
+    ]
+    assert rejects[0][1]["reason"].startswith("expected 3 message parts")
+    assert rejects[1][1]["reason"].startswith("topic is not UTF-8")
 
 
 # -- fuzz ----------------------------------------------------------------------------------------

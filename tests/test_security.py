@@ -6,6 +6,7 @@ import contextlib
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,3 +263,56 @@ def test_edge_camera_needs_both_curve_keys(keys: Keys) -> None:
         app, ["camera", "--to", "tcp://127.0.0.1:1", "--curve-client-key", str(keys.secret("cam1"))]
     )
     assert result.exit_code == 2 and "needs both" in result.output
+
+
+def events_of(sock: zmq.Socket, seconds: float) -> list[dict[str, Any]]:
+    """The per-camera events a subscriber receives within ``seconds``."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if sock.poll(int(left * 1000) + 1):
+            topic, body = parse_event(sock.recv_multipart())
+            if topic.startswith("event/"):
+                got.append(body)
+    return got
+
+
+def test_a_revoked_subscriber_and_camera_are_cut_off_at_reload(
+    curve_daemon: Server, keys: Keys, context: zmq.Context
+) -> None:
+    keys.authorize("latecomer")
+    keys.authorize("intruder")
+    assert curve_daemon.reload()
+    dashboard = subscriber(context, curve_daemon, keys, "dashboard")
+    revoked = subscriber(context, curve_daemon, keys, "latecomer")
+    assert dashboard.poll(10000) and revoked.poll(10000)
+    cam, rogue = (
+        camera(context, curve_daemon, keys, "cam1"),
+        camera(context, curve_daemon, keys, "intruder"),
+    )
+    # Verbose: a connecting camera keeps its subscriptions across a reconnect, so only this
+    # way does it see the daemon subscribe again.
+    cam.setsockopt(zmq.XPUB_VERBOSE, 1)
+    for sock in (cam, rogue):
+        assert sock.poll(10000), "the daemon never subscribed to an authorized camera"
+        sock.recv()
+    rogue.send_multipart(frame_parts("intruder", 0, gray_strip()))
+    assert [e["camera"] for e in events_of(revoked, 3) if e["kind"] == "result"] == ["intruder"]
+    assert [e["camera"] for e in events_of(dashboard, 0.5) if e["kind"] == "result"] == [
+        "intruder"
+    ]
+    (keys.authorized / "latecomer.key").unlink()
+    (keys.authorized / "intruder.key").unlink()
+    assert curve_daemon.reload()
+    assert cam.poll(10000), "the authorized camera was not subscribed to again"
+    cam.recv()
+    for seq in range(5):
+        cam.send_multipart(frame_parts("cam1", seq, gray_strip()))
+        rogue.send_multipart(frame_parts("intruder", seq + 1, gray_strip()))
+        time.sleep(0.05)
+    seen = events_of(dashboard, 5)
+    assert [(e["camera"], e["seq"]) for e in seen if e["kind"] == "result"] == [
+        ("cam1", seq) for seq in range(5)
+    ], "the authorized subscriber missed events, or a revoked camera's frames got in"
+    assert events_of(revoked, 1) == [], "a revoked subscriber still receives events"
+    assert curve_daemon.ledger.snapshot()["intruder"]["received"] == 1

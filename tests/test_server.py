@@ -147,8 +147,8 @@ def test_each_malformed_message_gets_one_reject_and_the_daemon_keeps_serving(
     assert events[-1]["kind"] == "result" and events[-1]["camera"] == "good"
     # What could be read of the bad frames is kept, so each reject points at its frame.
     assert rejects[3]["camera"] == "bad" and rejects[3]["seq"] == 0
-    assert rejects[0]["camera"] == "bad" and rejects[0]["seq"] == -1  # from the topic
-    assert rejects[1]["camera"] == "unknown"
+    assert rejects[0]["camera"] == "bad" and rejects[0]["seq"] == 0  # from the header (part 2)
+    assert rejects[1]["camera"] == "bad" and rejects[1]["seq"] == 0  # from the header
 
 
 def test_gaps_and_camera_restarts_are_reported(start_daemon, camera_socket) -> None:

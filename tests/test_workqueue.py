@@ -51,3 +51,23 @@ def test_block_policy_waits_for_room_and_gives_the_item_back_on_stop() -> None:
     consumer.start()
     assert q.put(4) is None  # waited until the consumer made room
     assert q.take_all() == [4]
+
+
+def test_a_batch_is_bounded_by_cost_not_by_count() -> None:
+    q: WorkQueue[int] = WorkQueue(10)
+    for cost in (16, 16, 16, 7):
+        q.put(cost)
+    # Items are their own cost here: two 16-tile strips fill a 32-tile budget.
+    assert q.get_batch(32, 0, cost=lambda c: c) == [16, 16]
+    assert q.get_batch(32, 0, cost=lambda c: c) == [16, 7]
+    q.put(40)
+    assert q.get_batch(32, 0, cost=lambda c: c) == [40]  # bigger than the budget: alone
+
+
+def test_a_batch_that_reached_its_budget_does_not_wait_for_more() -> None:
+    q: WorkQueue[int] = WorkQueue(10)
+    q.put(16)
+    q.put(16)
+    start = time.monotonic()
+    assert q.get_batch(32, max_wait_s=5.0, cost=lambda c: c) == [16, 16]
+    assert time.monotonic() - start < 1.0

@@ -297,7 +297,7 @@ class OpcUaBridge:
                 try:
                     await self.update()
                 except Exception as exc:  # a bridge that serves for months must outlive a bug
-                    log.error("opc ua update failed", error=repr(exc))
+                    log.error("opc ua update failed", error=repr(exc), throttle=True)
                 await asyncio.sleep(self.interval_s)
 
     def state_cameras(self) -> list[str]:

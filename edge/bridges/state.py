@@ -228,6 +228,8 @@ class BridgeState:
         kind = body.get("kind")
         with self._lock:
             now = self._clock()
+            if topic.startswith(STATUS_TOPIC_PREFIX) and kind != KIND_STATUS:
+                return None  # about the daemon's inputs (source_lost, ...): no camera's state
             if topic.startswith(STATUS_TOPIC_PREFIX) or kind == KIND_STATUS:
                 self._last_status_at = now
                 self._status_count += 1

@@ -94,7 +94,7 @@ class Subscriber:
             except zmq.ZMQError as err:  # only on shutdown races; keep serving otherwise
                 if self._stop.is_set():
                     return
-                log.warning("bridge receive failed", error=str(err))
+                log.warning("bridge receive failed", error=str(err), throttle=True)
                 continue
             self.handle(parts)
 
@@ -103,14 +103,18 @@ class Subscriber:
             topic, body = parse_event(parts)
         except ProtocolError as err:
             self.state.invalid_message()
-            log.warning("bridge ignored a message that is not a v1 event", reason=str(err))
+            log.warning(
+                "bridge ignored a message that is not a v1 event", reason=str(err), throttle=True
+            )
             return
         try:
             notice = self.state.apply(topic, body)
         except (KeyError, TypeError, ValueError) as err:
             # A v1 map with a field of the wrong type: count it, keep serving the PLC.
             self.state.invalid_message()
-            log.warning("bridge ignored a malformed event", topic=topic, error=repr(err))
+            log.warning(
+                "bridge ignored a malformed event", topic=topic, error=repr(err), throttle=True
+            )
             return
         if notice is not None and self.on_defect is not None:
             self.on_defect(notice)
