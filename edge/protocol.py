@@ -340,15 +340,24 @@ def camera_restart_event(camera: str, previous_seq: int, seq: int) -> dict[str, 
 
 
 def status_event(
-    daemon_id: str, uptime_s: float, cameras: dict[str, dict[str, int]], **extra: Any
+    daemon_id: str,
+    uptime_s: float,
+    cameras: dict[str, dict[str, int]],
+    final: bool = False,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """``cameras`` maps camera id to counters: received, results, rejects, drops, gaps, restarts."""
+    """``cameras`` maps camera id to counters: received, results, rejects, drops, gaps, restarts.
+
+    ``final``: the one sent at shutdown, after every per-frame event; only its counters are
+    sure to balance (a periodic one counts frames still queued or in flight as received).
+    """
     return {
         "v": VERSION,
         "kind": KIND_STATUS,
         "daemon": daemon_id,
         "uptime_s": uptime_s,
         "cameras": cameras,
+        "final": final,
         **extra,
     }
 

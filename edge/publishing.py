@@ -119,7 +119,9 @@ class PublishLoop:
             for ticket in sorted(self._ready):
                 self._send(self._ready.pop(ticket), publisher)
             self._close_retired(everything=True)
-            publisher.send(topic, self._status())
+            # The last message, after every event: marked, so a subscriber can tell it from a
+            # periodic one taken mid-flight (which counts frames in flight as received).
+            publisher.send(topic, {**self._status(), "final": True})
         finally:
             # Bounded: subscribers get what is queued if they keep up, but never hold up exit.
             publisher.close(linger_ms=2000)

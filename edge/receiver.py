@@ -22,11 +22,11 @@ import zmq
 
 from edge import protocol
 from edge.config import Config
-from edge.frames import Frame, decode_pixels
+from edge.frames import Frame
 from edge.ledger import Ledger
 from edge.metrics import Metrics
-from edge.protocol import ProtocolError, parse_frame_parts
-from edge.sources import FrameLimits, FrameReceiver, SourceWatch, Transition, check_limits
+from edge.protocol import FrameHeader, ProtocolError
+from edge.sources import FrameLimits, FrameReceiver, SourceWatch, Transition, read_frame
 from edge.workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)
@@ -136,29 +136,29 @@ class Receiver:
         """One message: its frame queued, or its reject (or an evicted frame's drop) emitted."""
         start = time.perf_counter()
         cfg = self._config()
-        buffers = [p.buffer if isinstance(p, zmq.Frame) else memoryview(p) for p in parts]
         try:
-            header, payload = parse_frame_parts(buffers)
-            if not self._ledger.admit(header.camera):
-                raise ProtocolError(
-                    f"camera table full: {cfg.max_cameras} camera ids seen already "
-                    f"(max_cameras); frames from {header.camera[:64]!r} are refused",
-                    header.camera,
-                    header.seq,
-                )
-            check_limits(header, FrameLimits.of(cfg))
-            frame = Frame(header, decode_pixels(header, payload))
+            frame = read_frame(parts, FrameLimits.of(cfg), self._admit)
         except ProtocolError as err:
             self._received(err.camera, err.seq)
             self.reject(err.camera, err.seq, err.reason)
             return
         self._metrics.stage("decode", time.perf_counter() - start)
+        header = frame.header
         self._received(header.camera, header.seq)
         left_over = self._queue.put(frame, stop=self.stop)
         if left_over is frame:  # blocked until shutdown: never queued
             self.drop(frame, "shutdown")
         elif left_over is not None:
             self.drop(left_over, "overload")
+
+    def _admit(self, header: FrameHeader) -> None:
+        if not self._ledger.admit(header.camera):
+            raise ProtocolError(
+                f"camera table full: {self._ledger.max_cameras} camera ids seen already "
+                f"(max_cameras); frames from {header.camera[:64]!r} are refused",
+                header.camera,
+                header.seq,
+            )
 
     def _received(self, camera: str, seq: int) -> None:
         self._ledger.count(camera, "received")

@@ -285,6 +285,7 @@ class Server:
             log.warning("reload: this key needs a restart; keeping the running value", key=key)
         cfg = self.config = prepared.config
         self._queue.capacity, self._queue.policy = cfg.queue_size, cfg.overload
+        self.ledger.max_cameras = self.metrics.max_cameras = cfg.max_cameras
         models = prepared.replicas
         self._handover.offer(models)
         self.metrics.reloads.labels("ok").inc()

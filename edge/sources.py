@@ -74,14 +74,21 @@ def check_limits(header: FrameHeader, limits: FrameLimits) -> None:
         raise over("pixels", header.height * header.width, "max_frame_pixels", limits.pixels)
 
 
-def read_frame(parts: list[zmq.Frame] | list[bytes], limits: FrameLimits | None = None) -> Frame:
+def read_frame(
+    parts: list[zmq.Frame] | list[bytes],
+    limits: FrameLimits | None = None,
+    admit: Callable[[FrameHeader], None] | None = None,
+) -> Frame:
     """Validate and decode one message; raises protocol.ProtocolError naming what is wrong.
 
-    The header, the payload's size and the frame limits are all checked before any decoder
-    runs, so a frame costs at most what its shape, within the limits, calls for.
+    The header, ``admit`` (the daemon's camera table), the payload's size and the frame limits
+    are all checked before any decoder runs, so a frame costs at most what its shape, within
+    the limits, calls for.
     """
     buffers = [p.buffer if isinstance(p, zmq.Frame) else memoryview(p) for p in parts]
     header, payload = parse_frame_parts(buffers)
+    if admit is not None:
+        admit(header)
     if limits is not None:
         check_limits(header, limits)
     return Frame(header, decode_pixels(header, payload))

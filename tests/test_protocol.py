@@ -718,6 +718,7 @@ def test_status_event() -> None:
         "daemon": "edge-1",
         "uptime_s": 12.5,
         "cameras": {"cam1": counters},
+        "final": False,
         "backend": "onnxruntime",
     }
 

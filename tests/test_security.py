@@ -298,9 +298,7 @@ def test_a_revoked_subscriber_and_camera_are_cut_off_at_reload(
         sock.recv()
     rogue.send_multipart(frame_parts("intruder", 0, gray_strip()))
     assert [e["camera"] for e in events_of(revoked, 3) if e["kind"] == "result"] == ["intruder"]
-    assert [e["camera"] for e in events_of(dashboard, 0.5) if e["kind"] == "result"] == [
-        "intruder"
-    ]
+    assert [e["camera"] for e in events_of(dashboard, 0.5) if e["kind"] == "result"] == ["intruder"]
     (keys.authorized / "latecomer.key").unlink()
     (keys.authorized / "intruder.key").unlink()
     assert curve_daemon.reload()

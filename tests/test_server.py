@@ -204,6 +204,7 @@ def test_shutdown_finishes_every_received_frame(start_daemon, camera_socket) -> 
     daemon.subscriber.pump(1.0)
     events = per_frame(daemon.subscriber.events)
     assert sorted(e["seq"] for e in events) == list(range(20))
+    assert daemon.subscriber.statuses[-1]["final"] is True
     final = daemon.subscriber.statuses[-1]["cameras"]["cam1"]
     assert final["received"] == final["results"] + final["drops"] == 20
 
