@@ -1,7 +1,16 @@
-"""From stitched probabilities to defects: threshold, drop small components, encode masks."""
+"""From stitched probabilities to defects: threshold, drop small components, encode masks.
+
+What one event holds is bounded whatever the frame shows: a noisy frame (a camera glitch, a
+crafted image) can threshold into hundreds of thousands of specks, and listing each of them, or
+encoding their mask run by run, would cost seconds and hundreds of megabytes per frame. So per
+class at most ``MAX_COMPONENTS`` components are listed (the largest; ``components_total`` says
+how many there were), and a mask of more than ``MAX_MASK_RUNS`` runs is sent as its filled
+bounding box (``mask_truncated``). ``area_px`` and ``score`` always count every pixel.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -11,6 +20,9 @@ from edge import rle
 from edge.cascade import StripResult
 from edge.modelspec import ModelSpec
 
+MAX_COMPONENTS = 64
+MAX_MASK_RUNS = 32768
+
 
 def class_mask(
     probs: np.ndarray, threshold: float, min_area: int
@@ -19,20 +31,42 @@ def class_mask(
 
     Returns the mask and its kept components ``{bbox: [x, y, w, h], area_px}``, largest first.
     """
+    found = _class_mask(probs, threshold, min_area, limit=None)
+    return found.mask, found.components
+
+
+@dataclass(slots=True)
+class _Found:
+    mask: np.ndarray
+    components: list[dict[str, Any]]  # the largest ``limit``, largest first
+    count: int  # components kept, listed or not
+    area: int  # their pixels
+    box: tuple[int, int, int, int] | None  # x0, y0, x1, y1 around every kept component
+
+
+def _class_mask(probs: np.ndarray, threshold: float, min_area: int, limit: int | None) -> _Found:
     binary = (probs >= threshold).astype(np.uint8)
     if not binary.any():
-        return binary.astype(bool), []
+        return _Found(binary.astype(bool), [], 0, 0, None)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     areas = stats[:, cv2.CC_STAT_AREA]
     keep = areas >= max(min_area, 1)
     keep[0] = False  # label 0 is the background
+    kept = np.flatnonzero(keep)
+    if kept.size == 0:
+        return _Found(np.zeros_like(binary, dtype=bool), [], 0, 0, None)
+    x, y, w, h = (stats[kept, i] for i in range(4))
+    box = (int(x.min()), int(y.min()), int((x + w).max()), int((y + h).max()))
+    listed = kept
+    if limit is not None and kept.size > limit:
+        # Vectorised: a noisy frame has ~10^5 components, and one dict each costs seconds.
+        listed = kept[np.lexsort((y, x, -areas[kept]))[:limit]]
     components = [
-        {"bbox": [int(v) for v in stats[k, :4]], "area_px": int(areas[k])}
-        for k in np.flatnonzero(keep)
+        {"bbox": [int(v) for v in stats[k, :4]], "area_px": int(areas[k])} for k in listed
     ]
     components.sort(key=_largest_first)
-    mask = keep[labels] if count > 1 else np.zeros_like(binary, dtype=bool)
-    return mask, components
+    return _Found(keep[labels] if count > 1 else np.zeros_like(binary, dtype=bool), components,
+                  int(kept.size), int(areas[kept].sum()), box)  # fmt: skip
 
 
 def _largest_first(component: dict[str, Any]) -> tuple[int, int, int]:
@@ -72,30 +106,57 @@ def defects_in_bands(bands: list[tuple[int, np.ndarray]], spec: ModelSpec) -> li
     min_areas = spec.per_class("min_area")
     for k, name in enumerate(spec.classes):
         components: list[dict[str, Any]] = []
-        runs: list[str] = []
+        masks: list[tuple[int, np.ndarray]] = []
+        boxes: list[tuple[int, int, int, int]] = []
+        count = area = 0
         prob_sum = 0.0
         for x0, probs in bands:
-            mask, found = class_mask(probs[k], thresholds[k], int(min_areas[k]))
-            if not found:
+            found = _class_mask(probs[k], thresholds[k], int(min_areas[k]), MAX_COMPONENTS)
+            if not found.count:
                 continue
-            for component in found:
+            for component in found.components:
                 component["bbox"][0] += x0
-            components += found
-            prob_sum += float(probs[k][mask].sum(dtype=np.float64))
-            # Column-major pixel numbers: the band starts x0 full columns into the strip.
-            runs.append(rle.encode(mask, start=x0 * probs.shape[1]))
+            components += found.components
+            count += found.count
+            assert found.box is not None
+            boxes.append((found.box[0] + x0, found.box[1], found.box[2] + x0, found.box[3]))
+            area += found.area
+            prob_sum += float(probs[k][found.mask].sum(dtype=np.float64))
+            masks.append((x0, found.mask))
         if not components:
             continue
         components.sort(key=_largest_first)
-        area = sum(c["area_px"] for c in components)
-        defects.append(
-            {
-                "class_id": k + 1,
-                "name": name,
-                "score": round(prob_sum / area, 4),
-                "area_px": area,
-                "mask_rle": " ".join(runs),
-                "components": components,
-            }
-        )
+        height = masks[0][1].shape[0]
+        defect: dict[str, Any] = {
+            "class_id": k + 1,
+            "name": name,
+            "score": round(prob_sum / area, 4),
+            "area_px": area,
+            "mask_rle": "",
+            "components": components[:MAX_COMPONENTS],
+        }
+        if sum(rle.runs(mask) for _, mask in masks) <= MAX_MASK_RUNS:
+            # Column-major pixel numbers: a band starts x0 full columns into the strip.
+            defect["mask_rle"] = " ".join(rle.encode(m, start=x0 * height) for x0, m in masks)
+        else:
+            defect["mask_rle"] = _box_rle(_union(boxes), height)
+            defect["mask_truncated"] = True
+        if count > MAX_COMPONENTS:
+            defect["components_total"] = count
+        defects.append(defect)
     return defects
+
+
+def _union(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def _box_rle(box: tuple[int, int, int, int], height: int) -> str:
+    """RLE of the filled box (x0, y0, x1, y1) on a strip ``height`` rows high: a run a column."""
+    x0, y0, x1, y1 = box
+    return " ".join(f"{x * height + y0 + 1} {y1 - y0}" for x in range(x0, x1))

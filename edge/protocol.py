@@ -32,6 +32,9 @@ CHANNELS: Final = (1, 3)
 # A header may not claim more pixels than this; checked before any allocation so a forged
 # 2 GB shape costs nothing. 64 Mpx is 160x a nominal 256x1600 strip.
 MAX_PIXELS: Final = 64 * 1024 * 1024
+# A header, its meta included, is a few hundred bytes. Checked before unpacking: msgpack objects
+# take up to ~70 times their wire size in Python, and every queued frame and event holds its meta.
+MAX_HEADER_BYTES: Final = 8 * 1024
 # Used in reject events when the camera cannot be read from the message at all.
 UNKNOWN_CAMERA: Final = "unknown"
 UNKNOWN_SEQ: Final = -1
@@ -141,6 +144,11 @@ def parse_frame_parts(parts: list[bytes] | list[memoryview]) -> tuple[FrameHeade
             *_address(parts[0] if parts else None, parts[1] if len(parts) >= 2 else None),
         )
     topic_camera = _parse_topic(bytes(parts[0]), parts[1])
+    if len(parts[1]) > MAX_HEADER_BYTES:
+        raise ProtocolError(
+            f"header is {len(parts[1])} bytes, more than {MAX_HEADER_BYTES} (meta included)",
+            topic_camera,
+        )
     try:
         raw_header = unpack(parts[1])
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -189,7 +197,7 @@ def _address(
     if topic is not None:
         with contextlib.suppress(ProtocolError):
             camera = _parse_topic(bytes(topic))
-    if header is None:
+    if header is None or len(header) > MAX_HEADER_BYTES:
         return camera, UNKNOWN_SEQ
     try:
         # Bounded by the part's own size: msgpack caps every claimed length at the buffer's.

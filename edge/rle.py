@@ -29,6 +29,14 @@ def encode(mask: np.ndarray, start: int = 0) -> str:
     return " ".join(map(str, pairs.tolist()))
 
 
+def runs(mask: np.ndarray) -> int:
+    """How many runs ``encode(mask)`` would write, without writing them."""
+    flat = np.asarray(mask, dtype=bool).ravel(order="F").view(np.uint8)
+    if flat.size == 0:
+        return 0
+    return int(flat[0]) + int(np.count_nonzero(flat[1:] > flat[:-1]))
+
+
 def decode(rle: str, height: int, width: int) -> np.ndarray:
     """The H x W boolean mask of an RLE string; raises ValueError on a malformed string."""
     flat = np.zeros(height * width, dtype=bool)

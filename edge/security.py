@@ -10,7 +10,6 @@ through. SIGHUP re-reads the folder.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import structlog
@@ -18,51 +17,9 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from edge.curve import SecurityError, load_keypair
+
 log = structlog.get_logger(__name__)
-
-
-class SecurityError(ValueError):
-    """A key file or folder that cannot be used; the message names it."""
-
-
-def keygen(folder: Path, name: str) -> tuple[Path, Path]:
-    """Write ``folder/NAME.key`` (public) and ``folder/NAME.key_secret`` (owner-only)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in (folder / f"{name}.key", folder / f"{name}.key_secret"):
-        if path.exists():
-            raise SecurityError(f"{path} exists; refusing to overwrite a key")
-    public, secret = zmq.auth.create_certificates(folder, name)
-    os.chmod(secret, 0o600)
-    return Path(public), Path(secret)
-
-
-def load_keypair(path: Path) -> tuple[bytes, bytes]:
-    """(public, secret) from a ``.key_secret`` certificate."""
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as err:
-        raise SecurityError(f"cannot read CURVE certificate {path}: {err}") from None
-    if not secret:
-        raise SecurityError(
-            f"{path} holds no secret key: give the .key_secret file written by `edge keygen`"
-        )
-    return public, secret
-
-
-def load_public(path: Path) -> bytes:
-    try:
-        public, _ = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as err:
-        raise SecurityError(f"cannot read CURVE certificate {path}: {err}") from None
-    return public
-
-
-def make_client(socket: zmq.Socket, server_public: Path, client_secret: Path) -> None:
-    """Make ``socket`` (a camera's PUB or a subscriber's SUB) a CURVE client of the daemon."""
-    public, secret = load_keypair(client_secret)
-    socket.curve_publickey = public
-    socket.curve_secretkey = secret
-    socket.curve_serverkey = load_public(server_public)
 
 
 class CurveServer:

@@ -65,3 +65,43 @@ def test_equal_components_go_left_to_right_then_top_to_bottom() -> None:
     probs[6:8, 1:3] = probs[0:2, 8:10] = probs[0:2, 1:3] = 0.9
     _, components = class_mask(probs, 0.5, min_area=1)
     assert [c["bbox"][:2] for c in components] == [[1, 0], [1, 6], [8, 0]]
+
+
+def test_a_noisy_frame_makes_a_bounded_event_that_still_counts_every_pixel() -> None:
+    from edge.postprocess import MAX_COMPONENTS, MAX_MASK_RUNS
+    from edge.protocol import pack
+
+    spec = ModelSpec(
+        name="seg", role="segmenter", classes=("a",), thresholds={"mask": (0.5,), "min_area": (1,)}
+    )
+    probs = np.zeros((1, 256, 1600), np.float32)
+    probs[0, 10:250:2, 100:1500:2] = 0.9  # 84,000 one-pixel specks: a camera glitch
+    probs[0, 0:5, 0:40] = 0.8  # and one real defect, the largest
+    (defect,) = defects_from_probs(probs, spec)
+    assert defect["area_px"] == 120 * 700 + 200  # every pixel counted
+    assert defect["components_total"] == 120 * 700 + 1
+    assert len(defect["components"]) == MAX_COMPONENTS
+    assert defect["components"][0] == {"bbox": [0, 0, 40, 5], "area_px": 200}
+    assert defect["mask_truncated"] is True  # far more than MAX_MASK_RUNS runs
+    box = rle.decode(defect["mask_rle"], 256, 1600)
+    assert box[0:249, 0:1499].all() and box.sum() == 249 * 1499  # the filled bounding box
+    assert len(pack({"defects": [defect]})) < 64 * 1024 + MAX_MASK_RUNS
+
+
+def test_a_mask_within_the_run_budget_is_sent_exactly() -> None:
+    spec = ModelSpec(
+        name="seg", role="segmenter", classes=("a",), thresholds={"mask": (0.5,), "min_area": (1,)}
+    )
+    probs = np.zeros((1, 256, 1600), np.float32)
+    probs[0, 20:40, 10:1590:3] = 0.9  # 527 stripes: listed up to the cap, mask exact
+    (defect,) = defects_from_probs(probs, spec)
+    assert "mask_truncated" not in defect and defect["components_total"] == 527
+    np.testing.assert_array_equal(rle.decode(defect["mask_rle"], 256, 1600), probs[0] >= 0.5)
+
+
+def test_runs_counts_what_encode_writes() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = rng.random((17, 23)) < 0.3
+        assert rle.runs(mask) == len(rle.encode(mask).split()) // 2
+    assert rle.runs(np.zeros((3, 3), bool)) == 0 and rle.runs(np.ones((3, 3), bool)) == 1

@@ -765,3 +765,21 @@ def test_parse_event_wrong_part_count(count: int) -> None:
 def test_parse_event_wrong_version(body: Any) -> None:
     with pytest.raises(ProtocolError, match="event body is not a v1 map"):
         parse_event([event_topic("cam1"), pack(body)])  # type: ignore[arg-type]
+
+
+def test_a_header_past_max_header_bytes_is_refused_before_it_is_unpacked(monkeypatch) -> None:
+    from edge import protocol
+
+    header = {"v": 1, "camera": "cam1", "seq": 3, "ts_ns": 0, "encoding": "raw",
+              "shape": [1, 1], "dtype": "uint8", "meta": {"x": [{}] * 9000}}  # fmt: skip
+    packed = msgpack.packb(header)
+    assert len(packed) > protocol.MAX_HEADER_BYTES  # 9 kB on the wire, ~0.6 MB unpacked
+
+    def no_unpack(data: object) -> object:
+        raise AssertionError("a header past the limit was unpacked")
+
+    monkeypatch.setattr(protocol, "unpack", no_unpack)
+    with pytest.raises(ProtocolError) as caught:
+        parse_frame_parts([b"frame/cam1", packed, b"\x00"])
+    assert caught.value.reason == f"header is {len(packed)} bytes, more than 8192 (meta included)"
+    assert (caught.value.camera, caught.value.seq) == ("cam1", -1)  # from the topic
