@@ -54,7 +54,7 @@ class FramePublisher:
         self._socket = ctx.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         if curve is not None:
-            from edge.security import make_client
+            from edge.curve import make_client
 
             try:
                 make_client(self._socket, *curve)

@@ -50,8 +50,8 @@ def camera(
 ) -> None:
     """Publish strip images as a camera would (from a folder, or synthetic ones)."""
     from edge.camera import ImageLoadError, images_in, load_strip, run_camera
+    from edge.curve import SecurityError
     from edge.protocol import ENCODINGS
-    from edge.security import SecurityError
 
     curve = curve_pair(curve_server_key, curve_client_key)
 
@@ -145,8 +145,8 @@ def replay(
 ) -> None:
     """Publish a recording again, message for message."""
     from edge.camera import replay as replay_recording
+    from edge.curve import SecurityError
     from edge.recording import RecordingError
-    from edge.security import SecurityError
 
     curve = curve_pair(curve_server_key, curve_client_key)
     configure()
@@ -181,9 +181,9 @@ def listen(
     curve_client_key: CurveClientKey = None,
 ) -> None:
     """Print the daemon's events, one line each."""
+    from edge.curve import SecurityError
     from edge.listen import format_event, to_json_line
     from edge.listen import listen as listen_events
-    from edge.security import SecurityError
 
     curve = curve_pair(curve_server_key, curve_client_key)
 

@@ -52,7 +52,7 @@ def subscribe(
     """``curve``: (the daemon's public server.key, this client's .key_secret) for CURVE."""
     sock = context.socket(zmq.SUB)
     if curve is not None:
-        from edge.security import make_client
+        from edge.curve import make_client
 
         make_client(sock, *curve)
     sock.setsockopt(zmq.LINGER, 0)

@@ -121,8 +121,8 @@ def run(
 
     from edge.backends.base import BackendError
     from edge.config import ConfigError, load_config
+    from edge.curve import SecurityError
     from edge.modelspec import ModelConfigError
-    from edge.security import SecurityError
     from edge.server import Server
 
     overrides = dict(

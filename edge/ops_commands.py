@@ -40,8 +40,8 @@ def keygen(
     The daemon uses server.key_secret (curve_secret_key); each camera or subscriber gets its
     own pair, and its NAME.key is copied into the daemon's curve_authorized_clients folder.
     """
-    from edge.security import SecurityError
-    from edge.security import keygen as write_keys
+    from edge.curve import SecurityError
+    from edge.curve import keygen as write_keys
 
     try:
         public, secret = write_keys(folder, name)

@@ -47,14 +47,21 @@ def test_broken_model_repository_is_named(tmp_path: Path) -> None:
     assert "has no segmenter" in result.output
 
 
-def test_sigterm_drains_every_received_frame_and_exits_zero(tiny_repo: Path) -> None:
+def test_sigterm_drains_every_received_frame_and_exits_zero(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
     source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    config = tmp_path / "edge.toml"
+    # Statuses often: the signal must come while frames are still being worked on.
+    config.write_text("status_interval_s = 0.05\n")
     daemon = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "edge.main",
             "run",
+            "--config",
+            str(config),
             "--bind-source",
             source,
             "--publish",

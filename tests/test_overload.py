@@ -165,10 +165,10 @@ def test_a_subscriber_that_stops_reading_neither_stalls_nor_grows_the_daemon(
     try:
         assert stuck.poll(5000), "the stuck subscriber never got a status"  # connected
         cam = camera_socket(daemon.source)
-        # Results echo the frame's meta: 50 kB each makes 20 MB of events, more than the
-        # kernel's socket buffers could hide.
-        bulk = "x" * 50_000
-        sent = 1000
+        # Results echo the frame's meta: 7 kB each (a header is at most 8 KiB) makes 21 MB of
+        # events, more than the kernel's socket buffers could hide.
+        bulk = "x" * 7_000
+        sent = 3000
         # The reading subscriber reads all along (sndhwm applies to it too), on its own thread.
         reader = threading.Thread(
             target=daemon.subscriber.wait_for, args=(lambda ev: len(per_frame(ev)) >= sent, 120)

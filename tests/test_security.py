@@ -17,9 +17,9 @@ import zmq
 from typer.testing import CliRunner
 
 from edge.config import ConfigError, load_config
+from edge.curve import SecurityError, keygen, make_client
 from edge.main import app
 from edge.protocol import parse_event
-from edge.security import SecurityError, keygen, make_client
 from edge.server import Server
 from tests.conftest import free_port, gray_strip
 from tests.test_server import frame_parts

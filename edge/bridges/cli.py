@@ -81,8 +81,8 @@ def _serve(kind: str, config: Path | None, settings: dict[str, Any]) -> None:
     from edge.bridges.config import load_bridge_config
     from edge.bridges.state import BridgeState
     from edge.bridges.subscriber import Subscriber
+    from edge.curve import SecurityError
     from edge.logs import configure
-    from edge.security import SecurityError
 
     configure()
     try:

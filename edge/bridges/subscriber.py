@@ -54,7 +54,7 @@ class Subscriber:
     def _connect(self) -> zmq.Socket:
         sock = self._context.socket(zmq.SUB)
         if self.curve is not None:
-            from edge.security import make_client
+            from edge.curve import make_client
 
             make_client(sock, *self.curve)
         sock.setsockopt(zmq.LINGER, 0)
