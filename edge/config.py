@@ -9,15 +9,13 @@ from __future__ import annotations
 import importlib.resources
 import os
 import socket
-import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -26,13 +24,8 @@ from pydantic import (
 from edge import protocol
 from edge.backends.auto import BackendName
 from edge.endpoints import check_endpoint
-from edge.modelspec import format_validation_error
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key and the reason."""
+from edge.settings import ConfigError as ConfigError  # raised by load_config
+from edge.settings import load_validated
 
 
 def shipped_models() -> Path:
@@ -213,30 +206,3 @@ _PATH_KEYS = (
 def load_config(path: Path | None = None, **overrides: Any) -> Config:
     """Read ``path`` (TOML) if given, apply non-None overrides, validate."""
     return load_validated(Config, path, _PATH_KEYS, overrides)
-
-
-def load_validated(
-    model: type[ModelT], path: Path | None, path_keys: tuple[str, ...], overrides: dict[str, Any]
-) -> ModelT:
-    """A pydantic config from a TOML file (optional) with flags on top; errors name the key.
-
-    Relative paths under ``path_keys`` in the file mean relative to the file.
-    """
-    data: dict[str, Any] = {}
-    where = "command line"
-    if path is not None:
-        where = str(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key in path_keys:
-            if isinstance(data.get(key), str):
-                data[key] = str(path.parent / os.path.expanduser(data[key]))
-    data.update({k: v for k, v in overrides.items() if v is not None and v != []})
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{where}: {format_validation_error(exc)}") from None

@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge.settings import format_validation_error
+
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.onnx"
 METADATA_KEY = "edge"
@@ -207,15 +209,6 @@ def parse_spec(data: dict[str, Any], source: str) -> ModelSpec:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
         raise ModelConfigError(f"{source}: {format_validation_error(exc)}") from None
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each naming the dotted key: 'thresholds.gate: ...'."""
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(lines)
 
 
 def resolve_model_dir(model_dir: Path) -> ModelFiles:

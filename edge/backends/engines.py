@@ -29,7 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edge.backends.base import BackendError
-from edge.modelspec import CONFIG_FILE, ModelFiles, ModelSpec, file_sha256, format_validation_error
+from edge.modelspec import CONFIG_FILE, ModelFiles, ModelSpec, file_sha256
+from edge.settings import format_validation_error
 
 ENGINE_FILE = "model.plan"
 SIDECAR_FILE = "model.plan.json"

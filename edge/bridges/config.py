@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edge.config import load_validated
 from edge.endpoints import check_endpoint
+from edge.settings import load_validated
 
 _PATH_KEYS = ("curve_server_key", "curve_client_key")
 
