@@ -19,27 +19,18 @@ from typing import Any
 import numpy as np
 
 from build_engine.fp16 import convert_to_fp16
-from edge.backends.engines import (
-    INSTALL_HINT,
+from build_engine.machine import INSTALL_HINT, EnvFacts, detect_facts
+from build_engine.models import ModelFacts
+from build_engine.sidecar import (
     TIMING_CACHE_FILE,
     EngineFiles,
-    EnvFacts,
     Sidecar,
     TensorInfo,
     atomic_write,
-    detect_facts,
     engine_dir,
+    file_sha256,
     now_iso,
     write_engine,
-)
-from edge.modelspec import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    ModelConfigError,
-    ModelFiles,
-    file_sha256,
-    resolve_model_dir,
-    spec_from_onnx_metadata,
 )
 
 
@@ -74,54 +65,6 @@ def require_tensorrt() -> ModuleType:
             f"tensorrt is not installed, so no engine can be built: {INSTALL_HINT}"
         ) from None
     return tensorrt
-
-
-def find_models(paths: list[Path]) -> list[ModelFiles]:
-    """Models named on the command line: a repository, a model folder, or a model's ONNX file."""
-    found: list[ModelFiles] = []
-    for path in paths:
-        if path.is_file():
-            found.append(_model_for_onnx(path))
-        elif path.is_dir() and ((path / CONFIG_FILE).is_file() or _has_versions(path)):
-            found.append(resolve_model_dir(path))
-        elif path.is_dir():
-            children = [c for c in sorted(path.iterdir()) if c.is_dir() and _is_model_dir(c)]
-            if not children:
-                raise ModelConfigError(f"{path}: neither a model folder nor a repository of them")
-            found.extend(resolve_model_dir(c) for c in children)
-        else:
-            raise ModelConfigError(f"{path} does not exist")
-    names = [f.spec.name for f in found]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ModelConfigError(f"model(s) {duplicates} named more than once")
-    return found
-
-
-def _has_versions(path: Path) -> bool:
-    return any(c.is_dir() and c.name.isdigit() for c in path.iterdir())
-
-
-def _is_model_dir(path: Path) -> bool:
-    return not path.name.startswith(("_", ".")) and (
-        (path / CONFIG_FILE).is_file() or _has_versions(path)
-    )
-
-
-def _model_for_onnx(path: Path) -> ModelFiles:
-    model_dir = path.parent.parent
-    if (
-        path.name == MODEL_FILE
-        and path.parent.name.isdigit()
-        and (model_dir / CONFIG_FILE).is_file()
-    ):
-        files = resolve_model_dir(model_dir)
-        if files.onnx_path.resolve() != path.resolve():
-            # The config pins another version; build what was asked for, with that config.
-            files = ModelFiles(spec=files.spec, onnx_path=path, version=int(path.parent.name))
-        return files
-    spec = spec_from_onnx_metadata(path, default_name=path.stem)
-    return ModelFiles(spec=spec, onnx_path=path, version=spec.version or 1)
 
 
 def make_logger(trt: ModuleType) -> Any:
@@ -189,30 +132,30 @@ def describe_parser_problems(onnx_path: Path, problems: list[ParserProblem]) -> 
 
 
 def build_model(
-    files: ModelFiles, out: Path, options: BuildOptions, *, facts: EnvFacts | None = None
+    model: ModelFacts, out: Path, options: BuildOptions, *, facts: EnvFacts | None = None
 ) -> EngineFiles:
-    """Build one model's engine into ``out`` (see edge.backends.engines for the layout)."""
+    """Build one model's engine into ``out`` (build_engine.sidecar has the layout)."""
     trt = require_tensorrt()
     facts = facts or detect_facts()
     if facts.gpu_name is None or facts.compute_capability is None:
         raise BuildError(
-            f"cannot build {files.model_id}: {'; '.join(facts.problems) or 'no GPU found'}"
+            f"cannot build {model.model_id}: {'; '.join(facts.problems) or 'no GPU found'}"
         )
     min_b, opt_b, max_b = options.profile()
     strongly_typed = int(trt.__version__.split(".")[0]) >= 11
-    folder = engine_dir(out, files.spec.name, files.version)
-    parsed = files.onnx_path
+    folder = engine_dir(out, model.name, model.version)
+    parsed = model.onnx_path
     if options.fp16 and strongly_typed:
-        parsed = convert_to_fp16(files.onnx_path, folder / "model.fp16.onnx")
+        parsed = convert_to_fp16(model.onnx_path, folder / "model.fp16.onnx")
     cache_path = options.timing_cache or out / TIMING_CACHE_FILE
     started = time.monotonic()
-    plan, io, batch = _build(trt, files, parsed, options, strongly_typed, cache_path)
+    plan, io, batch = _build(trt, model, parsed, options, strongly_typed, cache_path)
     sidecar = Sidecar(
-        model=files.spec.name,
-        version=files.version,
-        role=files.spec.role,
-        source_onnx=str(files.onnx_path),
-        source_sha256=files.sha256,
+        model=model.name,
+        version=model.version,
+        role=model.role,
+        source_onnx=str(model.onnx_path),
+        source_sha256=model.sha256,
         built_onnx_sha256=file_sha256(parsed),
         engine_sha256=_sha256(plan),
         tensorrt_version=trt.__version__,
@@ -227,9 +170,9 @@ def build_model(
         io=io,
         built_at=now_iso(),
         build_seconds=round(time.monotonic() - started, 1),
-        spec=files.spec.model_dump(mode="json"),
+        spec=model.spec,
     )
-    return write_engine(out, files, plan, sidecar)
+    return write_engine(out, plan, sidecar, config=model.config)
 
 
 def _sha256(data: bytes) -> str:
@@ -238,7 +181,7 @@ def _sha256(data: bytes) -> str:
 
 def _build(
     trt: ModuleType,
-    files: ModelFiles,
+    model: ModelFacts,
     onnx_path: Path,
     options: BuildOptions,
     strongly_typed: bool,
@@ -252,7 +195,7 @@ def _build(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise BuildError(
-            f"model {files.model_id}: "
+            f"model {model.model_id}: "
             + describe_parser_problems(onnx_path, parser_problems(parser))
         )
     config = builder.create_builder_config()
@@ -268,7 +211,7 @@ def _build(
         rest = shape[1:]
         if any(d < 0 for d in rest):
             raise BuildError(
-                f"model {files.model_id} input {tensor.name!r} has shape {shape}: only the batch "
+                f"model {model.model_id} input {tensor.name!r} has shape {shape}: only the batch "
                 "dimension may be dynamic; export the model with fixed height, width and channels"
             )
         if shape[0] > 0:  # exported with a fixed batch: the engine runs exactly that batch
@@ -285,17 +228,17 @@ def _build(
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         said = "; ".join(logger.errors[-5:]) or "no error was logged"
-        raise BuildError(f"TensorRT could not build an engine for {files.model_id}: {said}")
+        raise BuildError(f"TensorRT could not build an engine for {model.model_id}: {said}")
     atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
     data = bytes(plan)
-    return data, _describe_io(trt, data, logger, files), fixed
+    return data, _describe_io(trt, data, logger, model), fixed
 
 
-def _describe_io(trt: ModuleType, plan: bytes, logger: Any, files: ModelFiles) -> list[TensorInfo]:
+def _describe_io(trt: ModuleType, plan: bytes, logger: Any, model: ModelFacts) -> list[TensorInfo]:
     """Load the fresh engine once: proves it deserializes, and reads its I/O for the sidecar."""
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
     if engine is None:
-        raise BuildError(f"the engine just built for {files.model_id} does not deserialize")
+        raise BuildError(f"the engine just built for {model.model_id} does not deserialize")
     io = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)

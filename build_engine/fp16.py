@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.backends.engines import atomic_write
+from build_engine.sidecar import atomic_write
 
 
 class Fp16Error(RuntimeError):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.config import load_config
+from edge.daemon.config import load_config
+from edge.daemon.server import Server
 from edge.protocol import STATUS_TOPIC_PREFIX, parse_event
-from edge.server import Server
 from tests.tiny_models import write_tiny_repository
 
 SEVERSTAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "severstal_dev"
@@ -130,10 +130,10 @@ def start_daemon(tiny_repo: Path) -> Iterator[Any]:
 def hold_models(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Make every inference worker's models hang until the returned event is set (30 s at most)."""
     release = threading.Event()
-    for lane in daemon.server.models.lanes:
-        real = lane.infer
+    for cascade in daemon.server.replicas.cascades:
+        real = cascade.infer
         monkeypatch.setattr(
-            lane, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
+            cascade, "infer", lambda images, real=real: (release.wait(30), real(images))[1]
         )
     return release
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from edge.backends.engines import EngineFiles, EnvFacts, Sidecar, TensorInfo, now_iso, write_engine
-from edge.modelspec import ModelFiles
+from build_engine.machine import EnvFacts
+from build_engine.sidecar import EngineFiles, Sidecar, TensorInfo, now_iso, write_engine
+from edge.vision.backends.engines import model_facts
+from edge.vision.modelspec import ModelFiles
 
 LINE_GPU = EnvFacts("10.3.0", "Orin", "8.7", pycuda_version="2025.1", cuda_driver_version=12060)
 
@@ -40,4 +42,4 @@ def fake_engine(
         build_seconds=1.0,
         spec=files.spec.model_dump(mode="json"),
     )
-    return write_engine(root, files, plan, sidecar)
+    return write_engine(root, plan, sidecar, config=model_facts(files).config)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.backends.engines import EnvFacts, detect_facts
+from edge.vision.backends.engines import EnvFacts, detect_facts
 
 
 @functools.cache

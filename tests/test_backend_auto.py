@@ -8,14 +8,14 @@ import pytest
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from edge.backends import auto
-from edge.backends.base import BackendError
-from edge.backends.engines import EnvFacts
-from edge.backends.onnxruntime import OnnxRuntimeBackend
-from edge.cascade import Cascade
-from edge.main import app
-from edge.modelspec import load_repository
-from edge.preprocess import InputAdapter
+from edge.cli.main import app
+from edge.vision.backends import auto
+from edge.vision.backends.base import BackendError
+from edge.vision.backends.engines import EnvFacts
+from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
+from edge.vision.cascade import Cascade
+from edge.vision.modelspec import load_repository
+from edge.vision.preprocess import InputAdapter
 from tests.engine_fixtures import LINE_GPU
 
 CPU = EnvFacts(None, None, None, problems=("the tensorrt package is not installed",))

@@ -10,19 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from edge.backends import engines as cache
-from edge.backends.engines import (
-    SIDECAR_FILE,
+from build_engine.sidecar import SIDECAR_FILE, atomic_write
+from edge.vision.backends import engines as cache
+from edge.vision.backends.engines import (
     EngineError,
     MissingEngine,
     StaleEngine,
-    atomic_write,
     check,
     ensure,
     locate,
+    model_facts,
     scan,
+    sidecar_spec,
 )
-from edge.modelspec import ModelFiles, load_repository
+from edge.vision.modelspec import ModelFiles, load_repository
 from tests.engine_fixtures import LINE_GPU, fake_engine
 
 
@@ -51,7 +52,7 @@ def test_a_matching_engine_is_located_with_its_sidecar(
     ):
         assert key in sidecar
     assert sidecar["source_sha256"] == segmenter.sha256
-    assert found.sidecar.model_spec() == segmenter.spec
+    assert sidecar_spec(found.sidecar) == segmenter.spec
     # The folder reads like a model repository: the model's config travels with its engine.
     assert (tmp_path / "segmenter" / "config.toml").read_text() == (
         segmenter.onnx_path.parent.parent / "config.toml"
@@ -181,9 +182,10 @@ def test_stale_engines_are_refused_unless_rebuild_stale(
         ensure(tmp_path, segmenter, upgraded, rebuild_stale=False, max_batch=8)
     calls = []
 
-    def build_model(files, out, options, *, facts):  # stands in for TensorRT, which is not here
-        calls.append((files.spec.name, out, options.max_batch, facts.tensorrt_version))
-        return fake_engine(out, files, facts)
+    def build_model(model, out, options, *, facts):  # stands in for TensorRT, which is not here
+        calls.append((model.name, out, options.max_batch, facts.tensorrt_version))
+        assert model == model_facts(segmenter)  # the build is told the model's facts by edge
+        return fake_engine(out, segmenter, facts)
 
     monkeypatch.setattr("build_engine.build.build_model", build_model)
     engine = ensure(tmp_path, segmenter, upgraded, rebuild_stale=True, max_batch=8)

@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 
 from build_engine.build import BuildOptions, build_model
-from edge.backends.agreement import compare, make_batch
-from edge.backends.base import BackendError
-from edge.backends.engines import SIDECAR_FILE, StaleEngine, locate
-from edge.backends.onnxruntime import OnnxRuntimeBackend
-from edge.backends.tensorrt import TensorRTBackend, import_gpu
-from edge.cascade import Cascade
-from edge.config import shipped_models
-from edge.modelspec import load_repository
-from edge.preprocess import InputAdapter
-from edge.synthetic import strip_stream
+from build_engine.sidecar import SIDECAR_FILE
+from edge.daemon.config import shipped_models
+from edge.tools.synthetic import strip_stream
+from edge.vision.backends.agreement import compare, make_batch
+from edge.vision.backends.base import BackendError
+from edge.vision.backends.engines import StaleEngine, locate, model_facts
+from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
+from edge.vision.backends.tensorrt import TensorRTBackend, import_gpu
+from edge.vision.cascade import Cascade
+from edge.vision.modelspec import load_repository
+from edge.vision.preprocess import InputAdapter
 from tests.engine_fixtures import fake_engine
 from tests.gpu import gpu_facts, requires_gpu
 
@@ -47,7 +48,7 @@ def test_without_the_gpu_packages_the_backend_says_what_to_install(
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("engines")
     for files in load_repository(shipped_models()).values():
-        build_model(files, out, BuildOptions(max_batch=16, workspace_mib=1024))
+        build_model(model_facts(files), out, BuildOptions(max_batch=16, workspace_mib=1024))
     return out
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge.bench.workload import synthetic_pool
-from edge.main import app
+from edge.cli.main import app
+from edge.tools.bench.workload import synthetic_pool
 
 RATIOS = {"e2e_over_backend", "cascade_over_naive", "p99_over_p50"}
 LATENCY = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
@@ -122,9 +122,9 @@ def test_one_mode_leaves_the_others_null(tiny_repo: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize("models", ["tiny", "shipped"])
 def test_band_post_processing_equals_the_whole_strip(models: str, tiny_repo: Path) -> None:
     """Post-processing only the segmented band gives the very defects of the whole strip."""
-    from edge.cascade import Cascade
-    from edge.config import shipped_models
-    from edge.postprocess import defects_from_probs, strip_defects
+    from edge.daemon.config import shipped_models
+    from edge.vision.cascade import Cascade
+    from edge.vision.postprocess import defects_from_probs, strip_defects
 
     cascade = Cascade.load(tiny_repo if models == "tiny" else shipped_models(), threads=1)
     pool = synthetic_pool(12, 0.75, seed=5)
@@ -146,7 +146,7 @@ def test_band_post_processing_equals_the_whole_strip(models: str, tiny_repo: Pat
 
 
 def test_rle_start_shifts_runs_by_whole_columns() -> None:
-    from edge import rle
+    from edge.protocol import rle
 
     mask = np.zeros((4, 6), bool)
     mask[1:3, 2] = mask[0, 4:] = True
@@ -155,13 +155,13 @@ def test_rle_start_shifts_runs_by_whole_columns() -> None:
 
 
 def test_windowed_stitcher_equals_the_whole_one() -> None:
-    from edge.tiling import Stitcher, Tile
+    from edge.vision.tiling import Stitcher, Window
 
     rng = np.random.default_rng(1)
-    whole, banded = Stitcher(2, 8, 20), Stitcher(2, 8, 20, Tile(0, 4, 8, 12))
+    whole, banded = Stitcher(2, 8, 20), Stitcher(2, 8, 20, Window(0, 4, 8, 12))
     for x in (4, 8, 10):
         probs = rng.random((2, 8, 6)).astype(np.float32)
-        whole.add(Tile(0, x, 8, 6), probs)
-        banded.add(Tile(0, x, 8, 6), probs)
+        whole.add(Window(0, x, 8, 6), probs)
+        banded.add(Window(0, x, 8, 6), probs)
     np.testing.assert_array_equal(banded.result(), whole.result())
     np.testing.assert_array_equal(banded.band(), whole.result()[:, :, 4:16])

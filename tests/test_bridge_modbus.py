@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from edge.bridges import modbus
-from edge.bridges.state import BridgeState
-from edge.bridges.subscriber import Subscriber
+from edge.line.bridges import modbus
+from edge.line.bridges.state import BridgeState
+from edge.line.bridges.subscriber import Subscriber
 from tests.bridge_fixtures import defective_strip, frame, free_port, wait_until
 from tests.conftest import gray_strip
 
 ROOT = Path(__file__).resolve().parents[1]
-# Not `python -m edge.main`: that runs the app before main.py registers its sub-commands.
-EDGE = [sys.executable, "-c", "from edge.main import app; app()"]
+# Not `python -m edge.cli.main`: that runs the app before main.py registers its sub-commands.
+EDGE = [sys.executable, "-c", "from edge.cli.main import app; app()"]
 CAM1 = modbus.camera_base(0)
 
 

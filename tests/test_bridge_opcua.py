@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from asyncua import Client, ua
 
-from edge.bridges import opcua
-from edge.bridges.state import BridgeState
-from edge.bridges.subscriber import Subscriber
+from edge.line.bridges import opcua
+from edge.line.bridges.state import BridgeState
+from edge.line.bridges.subscriber import Subscriber
 from tests.bridge_fixtures import defective_strip, frame, free_port
 from tests.conftest import gray_strip
 
@@ -176,8 +176,8 @@ def test_a_camera_id_that_clashes_with_a_bridge_node_is_left_out_not_fatal(opcua
 def test_cli_serves_opcua_and_stops_on_sigterm(start_daemon) -> None:
     daemon = start_daemon()
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/edge"
-    cmd = [sys.executable, "-c", "from edge.main import app; app()", "bridge", "opcua"]
-    cmd += ["--source", daemon.server.publish_endpoint, "--endpoint", endpoint, "-c", "cam1"]
+    cmd = [sys.executable, "-c", "from edge.cli.main import app; app()", "bridge", "opcua"]
+    cmd += ["--source", daemon.server.publish_endpoint, "--endpoint", endpoint, "--camera", "cam1"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
 
     async def healthy() -> None:

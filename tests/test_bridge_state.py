@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from edge.bridges.config import load_bridge_config
-from edge.bridges.state import BridgeState, class_mask
-from edge.bridges.subscriber import Subscriber
-from edge.config import ConfigError
+from edge.daemon.config import ConfigError
+from edge.line.bridges.config import load_bridge_config
+from edge.line.bridges.state import BridgeState, class_mask
+from edge.line.bridges.subscriber import Subscriber
 from edge.protocol import pack
 
 

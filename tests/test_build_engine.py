@@ -3,7 +3,9 @@ reports, the missing-tensorrt message) for real; the TensorRT build itself on a 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,18 +21,21 @@ from build_engine.build import (
     ParserProblem,
     build_model,
     describe_parser_problems,
-    find_models,
 )
 from build_engine.fp16 import convert_to_fp16
-from edge.backends.agreement import MASK_IOU_MIN, SCORE_TOLERANCE, compare, make_batch
-from edge.backends.engines import locate
-from edge.backends.onnxruntime import OnnxRuntimeBackend
-from edge.camera import load_strip
-from edge.config import shipped_models
-from edge.main import app
-from edge.modelspec import ModelConfigError, ModelFiles, load_repository
-from edge.preprocess import InputAdapter
-from edge.synthetic import strip_stream
+from build_engine.models import ModelError
+from build_engine.models import find_models as read_models
+from edge.cli.gpu import find_models
+from edge.cli.main import app
+from edge.daemon.config import shipped_models
+from edge.line.camera import load_strip
+from edge.tools.synthetic import strip_stream
+from edge.vision.backends.agreement import MASK_IOU_MIN, SCORE_TOLERANCE, compare, make_batch
+from edge.vision.backends.engines import locate, model_facts, sidecar_spec
+from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
+from edge.vision.modelspec import ModelConfigError, ModelFiles, ModelSpec, load_repository
+from edge.vision.preprocess import InputAdapter
+from tests.engine_fixtures import LINE_GPU, fake_engine
 from tests.gpu import gpu_facts, requires_gpu
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +134,141 @@ def test_models_are_found_from_a_repository_a_folder_or_an_onnx_file(tiny_repo: 
         find_models([tiny_repo / "nope"])
 
 
+def test_python_m_build_engine_reads_the_models_as_edge_build_does(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    """build_engine's own reader (no edge) gives the build the facts edge gives it."""
+    bare = tmp_path / "copied.onnx"  # no config.toml: the config is read from the metadata
+    bare.write_bytes(load_repository(shipped_models())["classifier"].onnx_path.read_bytes())
+    for paths in (
+        [tiny_repo],
+        [tiny_repo / "segmenter"],
+        [tiny_repo / "classifier" / "1" / "model.onnx"],
+        [shipped_models()],
+        [bare],
+    ):
+        edge_files = find_models(paths)
+        own = read_models(paths)
+        assert [dataclasses.replace(m, spec={}) for m in own] == [
+            dataclasses.replace(model_facts(f), spec={}) for f in edge_files
+        ], paths
+        # The config is recorded as written; edge reads it back into the same ModelSpec.
+        assert [ModelSpec.model_validate(m.spec) for m in own] == [f.spec for f in edge_files]
+    assert read_models([bare])[0].name == "classifier" and read_models([bare])[0].config is None
+    with pytest.raises(ModelError, match="named more than once"):
+        read_models([tiny_repo, tiny_repo / "segmenter"])
+    with pytest.raises(ModelError, match="does not exist"):
+        read_models([tiny_repo / "nope"])
+    roleless = tmp_path / "roleless"
+    (roleless / "1").mkdir(parents=True)
+    (roleless / "1" / "model.onnx").write_bytes(bare.read_bytes())
+    (roleless / "config.toml").write_text('classes = ["a"]\n')
+    with pytest.raises(ModelError, match=r"roleless/config\.toml: role is missing"):
+        read_models([roleless])
+
+
+# A fresh interpreter in which edge cannot be imported: build_engine must not need it.
+WITHOUT_EDGE = """
+import hashlib, importlib, importlib.abc, json, pkgutil, sys
+from pathlib import Path
+
+
+class NoEdge(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "edge" or name.startswith("edge."):
+            raise ImportError(f"{name} is made unimportable by this test")
+        return None
+
+
+sys.meta_path.insert(0, NoEdge())
+try:
+    import edge  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("edge was importable")
+
+import build_engine
+
+modules = sorted(m.name for m in pkgutil.iter_modules(build_engine.__path__, "build_engine."))
+for module in modules:
+    importlib.import_module(module)
+
+import onnx
+from build_engine.fp16 import convert_to_fp16
+from build_engine.models import find_models
+from build_engine.sidecar import SIDECAR_FILE, Sidecar, TensorInfo, file_sha256, write_engine
+
+repo, out = Path(sys.argv[1]), Path(sys.argv[2])
+(model,) = find_models([repo / "segmenter"])
+half = onnx.load(str(convert_to_fp16(model.onnx_path, out / "model.fp16.onnx")))
+plan = b"a plan built without edge"
+sidecar = Sidecar(
+    model=model.name, version=model.version, role=model.role,
+    source_onnx=str(model.onnx_path), source_sha256=model.sha256,
+    built_onnx_sha256=file_sha256(out / "model.fp16.onnx"),
+    engine_sha256=hashlib.sha256(plan).hexdigest(),
+    tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
+    precision="fp16", network="weakly-typed", min_batch=1, opt_batch=32, max_batch=32,
+    workspace_mib=4096,
+    io=[TensorInfo(name="image", mode="input", shape=[-1, 1, 256, 256], dtype="float32")],
+    built_at="2025-01-01T00:00:00+00:00", build_seconds=1.0, spec=model.spec,
+)
+built = write_engine(out / "engines", plan, sidecar, config=model.config)
+back = Sidecar.from_json(built.sidecar_path.read_text())
+print(json.dumps({
+    "modules": modules,
+    "edge_loaded": sorted(m for m in sys.modules if m == "edge" or m.startswith("edge.")),
+    "io_types": [v.type.tensor_type.elem_type for v in [*half.graph.input, *half.graph.output]],
+    "initializer_types": sorted({t.data_type for t in half.graph.initializer}),
+    "round_trip": back == sidecar,
+    "plan": str(built.plan),
+}))
+"""
+
+
+def test_build_engine_imports_and_works_where_edge_cannot_be_imported(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_EDGE, str(tiny_repo), str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    every = ("__main__", "build", "cli", "fp16", "machine", "models", "sidecar")
+    assert {f"build_engine.{m}" for m in every} <= set(report["modules"])
+    assert report["edge_loaded"] == []
+    assert report["io_types"] == [onnx.TensorProto.FLOAT] * 2
+    assert onnx.TensorProto.FLOAT16 in report["initializer_types"]
+    assert report["round_trip"] is True
+    # edge reads what the standalone build step wrote, and finds it matches the model.
+    files = load_repository(tiny_repo)["segmenter"]
+    found = locate(tmp_path / "engines", files, LINE_GPU)
+    assert str(found.plan) == report["plan"]
+    assert sidecar_spec(found.sidecar) == files.spec
+    assert (tmp_path / "engines" / "segmenter" / "config.toml").is_file()
+
+
+def test_edge_build_hands_the_build_the_models_as_edge_reads_them(
+    tiny_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = load_repository(tiny_repo)
+    calls = []
+
+    def build_model(model, out, options):  # stands in for TensorRT, which is not here
+        calls.append((model, out, options.max_batch))
+        return fake_engine(out, repo[model.role], LINE_GPU)
+
+    monkeypatch.setattr("build_engine.cli.require_tensorrt", lambda: None)
+    monkeypatch.setattr("build_engine.cli.build_model", build_model)
+    args = ["build", str(tiny_repo), "--out", str(tmp_path), "--max-batch", "8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert calls == [(model_facts(f), tmp_path, 8) for f in find_models([tiny_repo])]
+    assert "TensorRT 10.3.0 on Orin (sm 8.7)" in result.output
+
+
 def test_batch_profile_is_checked() -> None:
     assert BuildOptions(max_batch=16).profile() == (1, 16, 16)
     assert BuildOptions(max_batch=32, opt_batch=8).profile() == (1, 8, 32)
@@ -159,7 +299,7 @@ def test_gpu_builds_engines_with_sidecars_that_match_this_machine(
     root = tiny_repo if repository == "tiny" else shipped_models()
     options = BuildOptions(max_batch=8, workspace_mib=1024)
     for files in load_repository(root).values():
-        built = build_model(files, tmp_path, options)
+        built = build_model(model_facts(files), tmp_path, options)
         assert built.sidecar.max_batch == 8
         assert locate(tmp_path, files, gpu_facts()).plan == built.plan
     assert (tmp_path / "timing.cache").stat().st_size > 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.camera import (
+from edge.line.camera import (
     FramePublisher,
     ImageLoadError,
     Pacer,
@@ -24,8 +24,8 @@ from edge.camera import (
     replay,
     run_camera,
 )
+from edge.line.recording import RecordingError, RecordingWriter, read_recording, record
 from edge.protocol import parse_frame_parts
-from edge.recording import RecordingError, RecordingWriter, read_recording, record
 
 TIMEOUT_S = 10.0
 SEVERSTAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "severstal_dev"

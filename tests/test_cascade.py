@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.cascade import Cascade
+from edge.vision.cascade import Cascade
 from tests.plant_models import (
     PlantModel,
     efficientnet_binary_512,
@@ -137,7 +137,7 @@ def test_batches_larger_than_max_batch_are_split(tmp_path: Path) -> None:
 
 
 def test_config_that_contradicts_the_model_is_refused_at_load(tmp_path: Path) -> None:
-    from edge.backends.base import BackendError
+    from edge.vision.backends.base import BackendError
 
     classifier = keras_resnet50_binary()
     broken = PlantModel(

@@ -15,7 +15,7 @@ import pytest
 import zmq
 from typer.testing import CliRunner
 
-from edge.main import app
+from edge.cli.main import app
 from edge.protocol import parse_event
 from tests.conftest import free_port, gray_strip
 from tests.test_server import frame_parts
@@ -58,7 +58,7 @@ def test_sigterm_drains_every_received_frame_and_exits_zero(
         [
             sys.executable,
             "-m",
-            "edge.main",
+            "edge.cli.main",
             "run",
             "--config",
             str(config),
@@ -127,7 +127,7 @@ def test_sigterm_drains_every_received_frame_and_exits_zero(
 def test_camera_daemon_and_listener_as_separate_processes(tiny_repo: Path, severstal: Path) -> None:
     """The README's workflow: `edge run`, `edge listen --json`, `edge camera --images`."""
     cam, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    edge = [sys.executable, "-m", "edge.main"]
+    edge = [sys.executable, "-m", "edge.cli.main"]
     daemon = subprocess.Popen(
         [
             *edge,
@@ -190,7 +190,7 @@ def test_camera_daemon_and_listener_as_separate_processes(tiny_repo: Path, sever
 
 def test_demo_runs_and_accounts_for_every_frame() -> None:
     demo = subprocess.run(
-        [sys.executable, "-m", "edge.main", "demo", "--duration", "3", "--fps", "4"],
+        [sys.executable, "-m", "edge.cli.main", "demo", "--duration", "3", "--fps", "4"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, load_config, shipped_models
+from edge.daemon.config import ConfigError, load_config, shipped_models
 
 
 def test_flags_override_the_file_and_relative_models_follow_the_file(

@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from edge.frames import decode_pixels
+from edge.daemon.frames import decode_pixels
 from edge.protocol import FrameHeader, ProtocolError
 from tests.conftest import SEVERSTAL, gray_strip
 from tests.test_server import frame_parts, per_frame
@@ -449,7 +449,7 @@ if frames_path:
     sys.modules[spec.name] = frames
     spec.loader.exec_module(frames)
 else:
-    import edge.frames as frames
+    import edge.daemon.frames as frames
 
 
 def status(field):

@@ -22,8 +22,8 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from edge.bridges.config import BridgeConfig
-from edge.config import Config, shipped_models
+from edge.daemon.config import Config, shipped_models
+from edge.line.bridges.config import BridgeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def _run_flags() -> dict[str, str]:
     """``--max-batch`` -> ``max_batch``: the `edge run` flags, named like the keys they set."""
     from typer.main import get_command
 
-    from edge.main import app
+    from edge.cli.main import app
 
     keys = {"source": "sources", "bind_source": "bind_sources"}
     run = get_command(app).commands["run"]  # type: ignore[attr-defined]
@@ -340,7 +340,7 @@ def test_an_example_config_line_is_a_valid_setting(example: Example) -> None:
 def _help_defaults() -> list[tuple[str, str, str]]:
     from typer.main import get_command
 
-    from edge.main import app
+    from edge.cli.main import app
 
     found = []
     for param in get_command(app).commands["run"].params:  # type: ignore[attr-defined]

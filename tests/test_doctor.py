@@ -6,11 +6,11 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from edge.backends.engines import EnvFacts
-from edge.doctor import run_doctor
-from edge.main import app
-from edge.modelspec import load_repository
-from edge.replicas import usable_cores
+from edge.cli.main import app
+from edge.tools.doctor import run_doctor
+from edge.vision.backends.engines import EnvFacts
+from edge.vision.modelspec import load_repository
+from edge.vision.replicas import usable_cores
 from tests.engine_fixtures import fake_engine
 
 CPU = EnvFacts(None, None, None, problems=("the tensorrt package is not installed",))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.bridges.config import load_bridge_config
-from edge.config import ConfigError, load_config
-from edge.endpoints import IPC_PATH_MAX, check_endpoint
+from edge.daemon.config import ConfigError, load_config
+from edge.line.bridges.config import load_bridge_config
+from edge.protocol.endpoints import IPC_PATH_MAX, check_endpoint
 
 GOOD = [
     # (endpoint, bind)
@@ -162,7 +162,7 @@ def _edge(*args: str) -> subprocess.CompletedProcess[str]:
     # Wide, so Rich's error box does not wrap the message in the middle of a word.
     env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1", "TERM": "dumb"}
     return subprocess.run(
-        [sys.executable, "-m", "edge.main", *args],
+        [sys.executable, "-m", "edge.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=60,

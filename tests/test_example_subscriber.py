@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import rle
+from edge.protocol import rle
 from tests.bridge_fixtures import defective_strip, frame
 from tests.conftest import gray_strip
 

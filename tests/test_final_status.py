@@ -36,7 +36,7 @@ def overload_and_stop(
     # Frequent periodic statuses: one is likely to be taken while the drain is under way.
     config.write_text("rcvhwm = 50\nstatus_interval_s = 0.1\n")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.main", "run", "--config", str(config), "--bind-source",
+        [sys.executable, "-m", "edge.cli.main", "run", "--config", str(config), "--bind-source",
          source, "--publish", publish, "--models", str(tiny_repo), "--threads", "1",
          "--workers", str(workers), "--queue-size", "16", "--log-format", "json",
          "--log-level", "warning"],

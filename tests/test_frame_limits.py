@@ -10,10 +10,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge.config import ConfigError, load_config
-from edge.ledger import OVERFLOW, Ledger
+from edge.daemon.config import ConfigError, load_config
+from edge.daemon.ledger import OVERFLOW, Ledger
+from edge.daemon.sources import FrameLimits, check_limits
 from edge.protocol import FrameHeader, ProtocolError, pack, status_topic
-from edge.sources import FrameLimits, check_limits
 from tests.conftest import gray_strip, hold_models
 from tests.test_server import frame_parts, per_frame
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.frames import decode_pixels, encoded_size
+from edge.daemon.frames import decode_pixels, encoded_size
 from edge.protocol import FrameHeader, ProtocolError
 from tests.test_server import frame_parts, per_frame
 

@@ -13,10 +13,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.handcrafted import CLASSES, write_repository
-from edge.modelspec import ModelFiles, load_repository, resolve_model_dir, spec_from_onnx_metadata
-from edge.synthetic import generate_strip
-from edge.tiling import tile_grid
+from edge.tools.handcrafted import CLASSES, write_repository
+from edge.tools.synthetic import generate_strip
+from edge.vision.modelspec import (
+    ModelFiles,
+    load_repository,
+    resolve_model_dir,
+    spec_from_onnx_metadata,
+)
+from edge.vision.tiling import tile_grid
 
 FILES = [
     "classifier/config.toml",

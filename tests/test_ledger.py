@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from edge.ledger import Ledger
+from edge.daemon.ledger import Ledger
 
 
 def test_gap_restart_and_counts() -> None:

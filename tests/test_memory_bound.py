@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.cascade import Cascade
-from edge.config import Config, load_config
-from edge.frames import Frame
-from edge.inference import SPARE_TICKETS, TICKETS_PER_WORKER
-from edge.memory import META_EXPANSION, MemoryBound, largest_frame_tiles, memory_bound
+from edge.daemon.config import Config, load_config
+from edge.daemon.frames import Frame
+from edge.daemon.inference import SPARE_TICKETS, TICKETS_PER_WORKER
+from edge.daemon.memory import META_EXPANSION, MemoryBound, largest_frame_tiles, memory_bound
+from edge.daemon.sinks import result_events
 from edge.protocol import MAX_HEADER_BYTES, FrameHeader, encode_frame, parse_event
-from edge.sinks import result_events
+from edge.vision.cascade import Cascade
 from tests.conftest import free_port, gray_strip
 from tests.test_overload import rss_mb
 
@@ -235,7 +235,7 @@ def run_daemon_under_hostile_traffic(tiny_repo: Path, toml: str, *flags: str) ->
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-memory-{os.getpid()}.toml"
     path.write_text(toml)
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.main", "run", "--config", str(path), "--bind-source", source,
+        [sys.executable, "-m", "edge.cli.main", "run", "--config", str(path), "--bind-source", source,
          "--publish", publish, "--models", str(tiny_repo), "--threads", "1", "--workers", "2",
          "--log-format", "json", "--log-level", "error", *flags],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},

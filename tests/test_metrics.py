@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.config import ConfigError, load_config
-from edge.ledger import OVERFLOW
-from edge.metrics import MAX_CAMERA_LABELS, Metrics, reject_category
+from edge.daemon.config import ConfigError, load_config
+from edge.daemon.ledger import OVERFLOW
+from edge.daemon.metrics import MAX_CAMERA_LABELS, Metrics, reject_category
 from tests.conftest import gray_strip, hold_models
 from tests.test_server import frame_parts, per_frame
 
@@ -173,11 +173,12 @@ def test_a_port_in_use_is_named_and_the_daemon_exits(tiny_repo, which: str) -> N
         args = {"--publish": "tcp://127.0.0.1:*", "--metrics": "127.0.0.1:0"}
         args[which] = f"tcp://127.0.0.1:{port}" if which == "--publish" else f"127.0.0.1:{port}"
         run = subprocess.run(
-            [sys.executable, "-m", "edge.main", "run", "--bind-source", "tcp://127.0.0.1:*",
+            [sys.executable, "-m", "edge.cli.main", "run", "--bind-source", "tcp://127.0.0.1:*",
              "--models", str(tiny_repo), "--threads", "1",
              *(x for pair in args.items() for x in pair)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert run.returncode == 1, run.stderr[-2000:]
-    assert "cannot open sockets" in run.stderr and "Address already in use" in run.stderr
+    step = "cannot bind the publish socket" if which == "--publish" else "metrics on 127.0.0.1:"
+    assert step in run.stderr and "Address already in use" in run.stderr
     assert str(port) in run.stderr

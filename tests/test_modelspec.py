@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge.modelspec import (
+from edge.vision.modelspec import (
     CAFFE_MEAN_BGR,
     IMAGENET_MEAN_RGB,
     IMAGENET_STD_RGB,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge.notify import Notifier, serving_status
+from edge.daemon.notify import Notifier, serving_status
 from tests.conftest import gray_strip, hold_models
 from tests.test_server import frame_parts, per_frame
 
@@ -158,7 +158,7 @@ def test_edge_run_speaks_to_systemd_as_a_real_process(
 
     path, listener = notify_socket
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.main", "run", "--bind-source",
+        [sys.executable, "-m", "edge.cli.main", "run", "--bind-source",
          f"tcp://127.0.0.1:{free_port()}", "--publish", f"tcp://127.0.0.1:{free_port()}",
          "--models", str(tiny_repo), "--threads", "1", "--log-format", "json"],
         stderr=subprocess.DEVNULL,
@@ -182,20 +182,20 @@ def test_edge_run_speaks_to_systemd_as_a_real_process(
 def test_watchdog_pings_go_on_while_a_slow_reload_loads_models(
     start_daemon: Any, notify_socket: tuple[str, NotifySocket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import edge.server
+    import edge.daemon.server
 
     path, listener = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "300000")
     daemon = start_daemon()
     listener.wait_for("READY")
-    real_prepare = edge.server.prepare
+    real_prepare = edge.daemon.server.prepare
 
     def slow_prepare(*args: Any, **kwargs: Any) -> Any:
         time.sleep(1.5)  # a TensorRT engine can take far longer than WatchdogSec to load
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(edge.server, "prepare", slow_prepare)
+    monkeypatch.setattr(edge.daemon.server, "prepare", slow_prepare)
     daemon.server.handle_reload(1, None)  # what SIGHUP does
     listener.wait_for("RELOADING")
     during = listener.collect(1.0)

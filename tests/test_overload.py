@@ -50,7 +50,7 @@ def test_ten_times_overload_keeps_memory_bounded_and_accounts_for_every_frame(
     config = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-overload-{os.getpid()}.toml"
     config.write_text("rcvhwm = 50\nsndhwm = 100000\nstatus_interval_s = 0.5\n")
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.main", "run", "--config", str(config), "--bind-source",
+        [sys.executable, "-m", "edge.cli.main", "run", "--config", str(config), "--bind-source",
          source, "--publish", publish, "--models", str(tiny_repo), "--threads", "1",
          "--queue-size", "16", "--log-format", "json", "--log-level", "warning"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},

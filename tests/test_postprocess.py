@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge import rle
-from edge.modelspec import ModelSpec
-from edge.postprocess import class_mask, defects_from_probs
+from edge.protocol import rle
+from edge.vision.modelspec import ModelSpec
+from edge.vision.postprocess import class_mask, defects_from_probs
 
 
 def test_small_components_are_removed_and_kept_ones_reported_largest_first() -> None:
@@ -39,7 +39,7 @@ def test_defects_use_per_class_thresholds_and_encode_full_frame_masks() -> None:
 
 def test_bands_give_the_defects_of_the_whole_strip() -> None:
     """Two apart bands of a strip that is 0 elsewhere: the same defects, in the same order."""
-    from edge.postprocess import defects_in_bands
+    from edge.vision.postprocess import defects_in_bands
 
     spec = ModelSpec(
         name="seg",
@@ -68,8 +68,8 @@ def test_equal_components_go_left_to_right_then_top_to_bottom() -> None:
 
 
 def test_a_noisy_frame_makes_a_bounded_event_that_still_counts_every_pixel() -> None:
-    from edge.postprocess import MAX_COMPONENTS, MAX_MASK_RUNS
     from edge.protocol import pack
+    from edge.vision.postprocess import MAX_COMPONENTS, MAX_MASK_RUNS
 
     spec = ModelSpec(
         name="seg", role="segmenter", classes=("a",), thresholds={"mask": (0.5,), "min_area": (1,)}

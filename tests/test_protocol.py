@@ -768,7 +768,7 @@ def test_parse_event_wrong_version(body: Any) -> None:
 
 
 def test_a_header_past_max_header_bytes_is_refused_before_it_is_unpacked(monkeypatch) -> None:
-    from edge import protocol
+    from edge.protocol import messages as protocol
 
     header = {"v": 1, "camera": "cam1", "seq": 3, "ts_ns": 0, "encoding": "raw",
               "shape": [1, 1], "dtype": "uint8", "meta": {"x": [{}] * 9000}}  # fmt: skip

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import zmq
 
-from edge.config import load_config
-from edge.inference import infer_parts
-from edge.ledger import Ledger
-from edge.metrics import Metrics
+from edge.daemon.config import load_config
+from edge.daemon.inference import infer_parts
+from edge.daemon.ledger import Ledger
+from edge.daemon.metrics import Metrics
+from edge.daemon.publisher import STOP, Batch, InferenceFailed, PublishLoop, Retire
+from edge.daemon.sinks import EventPublisher
+from edge.daemon.sources import read_frame
 from edge.protocol import VERSION, event_topic, parse_event
-from edge.publishing import STOP, Batch, PublishLoop, Retire
-from edge.replicas import load_replicas, plan_workers
-from edge.sinks import EventPublisher
-from edge.sources import read_frame
+from edge.vision.replicas import load_replicas, plan_workers
 from tests.conftest import gray_strip
 from tests.test_server import frame_parts
 
@@ -82,24 +82,24 @@ def running(tiny_repo: Path) -> Iterator[Running]:
         loop.stop()
 
 
-def batch(lane: Any, ticket: int, seqs: list[int], running: Running) -> Batch:
+def batch(cascade: Any, ticket: int, seqs: list[int], running: Running) -> Batch:
     frames = [read_frame(frame_parts("cam1", seq, gray_strip())) for seq in seqs]
     # As a worker holds them: a ticket from before it takes the batch, an unfinished permit
     # from before it hands the batch over.
     assert running.tickets.acquire(timeout=1) and running.unfinished.acquire(timeout=1)
-    return Batch(ticket, infer_parts(lane, frames), lane)
+    return Batch(ticket, infer_parts(cascade, frames), cascade)
 
 
 def test_batches_finished_out_of_turn_are_published_in_ticket_order(
     running: Running, tiny_repo: Path
 ) -> None:
     replicas = load_replicas(tiny_repo, plan=plan_workers(1, 1, cores=1, gpu=False))
-    lane = replicas.first
+    cascade = replicas.first
     try:
-        running.outbox.put(batch(lane, 2, [4, 5], running))
-        running.outbox.put(batch(lane, 1, [2, 3], running))
+        running.outbox.put(batch(cascade, 2, [4, 5], running))
+        running.outbox.put(batch(cascade, 1, [2, 3], running))
         assert running.receive_until("held") == [], "published before ticket 0 came"
-        running.outbox.put(batch(lane, 0, [0, 1], running))
+        running.outbox.put(batch(cascade, 0, [0, 1], running))
         events = running.receive_until("all")
         assert [(e["kind"], e["seq"]) for e in events] == [("result", s) for s in range(6)]
         for _ in range(8):  # every permit was given back: post-processed, then sent
@@ -128,15 +128,15 @@ def test_a_frame_the_models_fail_on_is_rejected_and_the_rest_get_results(
     tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     replicas = load_replicas(tiny_repo, plan=plan_workers(1, 1, cores=1, gpu=False))
-    lane = replicas.first
-    real_infer = lane.infer
+    cascade = replicas.first
+    real_infer = cascade.infer
 
     def infer_failing_on_marked(images: list[Any]) -> Any:
         if any(image[0, 0] == 7 for image in images):  # a fault this one frame triggers
             raise RuntimeError("simulated model fault")
         return real_infer(images)
 
-    monkeypatch.setattr(lane, "infer", infer_failing_on_marked)
+    monkeypatch.setattr(cascade, "infer", infer_failing_on_marked)
     marked = gray_strip()
     marked[0, 0] = 7
     try:
@@ -144,10 +144,10 @@ def test_a_frame_the_models_fail_on_is_rejected_and_the_rest_get_results(
             read_frame(frame_parts("cam1", seq, image))
             for seq, image in enumerate([gray_strip(), marked, gray_strip()])
         ]
-        parts = infer_parts(lane, frames)
+        parts = infer_parts(cascade, frames)
     finally:
         replicas.close()
-    outcomes = [(f.header.seq, isinstance(o, str)) for fs, o in parts for f in fs]
+    outcomes = [(f.header.seq, isinstance(o, InferenceFailed)) for fs, o in parts for f in fs]
     assert outcomes == [(0, False), (1, True), (2, False)]
-    (reason,) = [o for _, o in parts if isinstance(o, str)]
-    assert reason == "inference failed on a [256, 1600] frame"
+    (failed,) = [o for _, o in parts if isinstance(o, InferenceFailed)]
+    assert failed.reason == "inference failed on a [256, 1600] frame"

@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge import rle
-from edge.config import shipped_models
-from edge.modelspec import load_repository
+from edge.daemon.config import shipped_models
+from edge.protocol import rle
+from edge.vision.modelspec import load_repository
 from tests.test_server import frame_parts, per_frame
 
 

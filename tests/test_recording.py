@@ -13,8 +13,8 @@ import msgpack
 import pytest
 import zmq
 
-from edge.camera import FramePublisher
-from edge.recording import (
+from edge.line.camera import FramePublisher
+from edge.line.recording import (
     MAGIC,
     Record,
     RecordingError,

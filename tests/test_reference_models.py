@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.cascade import Cascade
-from edge.config import shipped_models
-from edge.modelspec import load_repository
-from edge.postprocess import strip_defects
-from edge.synthetic import strip_stream
-from edge.training.evaluate import evaluate
-from edge.training.labels import load_labelled
+from edge.daemon.config import shipped_models
+from edge.tools.synthetic import strip_stream
+from edge.tools.training.evaluate import evaluate
+from edge.tools.training.labels import load_labelled
+from edge.vision.cascade import Cascade
+from edge.vision.modelspec import load_repository
+from edge.vision.postprocess import strip_defects
 
 MODELS = shipped_models()
 HOLDOUT = MODELS / "severstal_dev_holdout.txt"

@@ -18,9 +18,9 @@ import pytest
 import zmq
 from typer.testing import CliRunner
 
-from edge.main import app
+from edge.cli.main import app
+from edge.daemon.models import ReloadError, signal_reload
 from edge.protocol import parse_event
-from edge.reload import ReloadError, signal_reload
 from tests.conftest import free_port, gray_strip
 from tests.test_metrics import samples, value
 from tests.test_server import frame_parts, per_frame
@@ -59,7 +59,7 @@ def test_reload_swaps_models_and_thresholds_while_frames_flow(
 ) -> None:
     daemon = start_daemon(models=repo, queue_size=256, metrics="127.0.0.1:0")
     cam = camera_socket(daemon.source)
-    old_ids = daemon.server.models.model_ids
+    old_ids = daemon.server.replicas.model_ids
     sent = 80
 
     def send() -> None:
@@ -91,10 +91,10 @@ def test_a_broken_model_is_refused_and_the_old_one_keeps_serving(
     start_daemon, camera_socket, repo: Path, capsys
 ) -> None:
     daemon = start_daemon(models=repo, metrics="127.0.0.1:0")
-    before = daemon.server.models.model_ids
+    before = daemon.server.replicas.model_ids
     break_model(repo, "segmenter")
     assert daemon.server.reload() is False
-    assert daemon.server.models.model_ids == before
+    assert daemon.server.replicas.model_ids == before
     cam = camera_socket(daemon.source)
     cam.send_multipart(frame_parts("cam1", 0, defect_strip()))
     (event,) = per_frame(daemon.subscriber.wait_for(lambda ev: per_frame(ev)))
@@ -119,7 +119,7 @@ def test_sighup_through_edge_reload_on_a_real_process(repo: Path, tmp_path: Path
     source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     pid_file = tmp_path / "run" / "edge.pid"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.main", "run", "--bind-source", source, "--publish", publish,
+        [sys.executable, "-m", "edge.cli.main", "run", "--bind-source", source, "--publish", publish,
          "--models", str(repo), "--queue-size", "256", "--threads", "1", "--log-format", "json",
          "--pid-file", str(pid_file)],
         stderr=subprocess.PIPE,

@@ -56,7 +56,7 @@ def test_seven_refused_reloads_within_seconds_are_all_logged(
     repo = Path(shutil.copytree(tiny_repo, tmp_path / "models"))
     pid_file = tmp_path / "edge.pid"
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.main", "run",
+        [sys.executable, "-m", "edge.cli.main", "run",
          "--bind-source", f"tcp://127.0.0.1:{free_port()}",
          "--publish", f"tcp://127.0.0.1:{free_port()}",
          "--models", str(repo), "--threads", "1", "--log-format", "json",

@@ -7,9 +7,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edge.camera import FramePublisher, load_strip, replay, run_camera
-from edge.config import shipped_models
-from edge.recording import read_recording, record
+from edge.daemon.config import shipped_models
+from edge.line.camera import FramePublisher, load_strip, replay, run_camera
+from edge.line.recording import read_recording, record
 from tests.conftest import free_port
 from tests.test_server import per_frame
 

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.replicas import MAX_AUTO_WORKERS, Replicas, load_replicas, plan_workers, usable_cores
+from edge.vision.replicas import (
+    MAX_AUTO_WORKERS,
+    Replicas,
+    load_replicas,
+    plan_workers,
+    usable_cores,
+)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +49,7 @@ def test_each_replica_is_its_own_copy_of_the_same_models(tiny_repo: Path) -> Non
     plan = plan_workers(2, 1, cores=2, gpu=False)
     replicas = load_replicas(tiny_repo, plan=plan, max_batch=8)
     try:
-        first, second = replicas.lanes
+        first, second = replicas.cascades
         assert first is not second
         assert first.classifier.backend.session is not second.classifier.backend.session
         assert first.model_ids == second.model_ids == replicas.model_ids

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge import rle
+from edge.protocol import rle
 
 SEVERSTAL_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "severstal_dev"
 

@@ -16,11 +16,11 @@ import pytest
 import zmq
 from typer.testing import CliRunner
 
-from edge.config import ConfigError, load_config
-from edge.curve import SecurityError, keygen, make_client
-from edge.main import app
+from edge.cli.main import app
+from edge.daemon.config import ConfigError, load_config
+from edge.daemon.server import Server
 from edge.protocol import parse_event
-from edge.server import Server
+from edge.protocol.curve import SecurityError, keygen, make_client
 from tests.conftest import free_port, gray_strip
 from tests.test_server import frame_parts
 

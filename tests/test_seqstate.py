@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import zmq
 
-from edge import seqstate
-from edge.ledger import Ledger
+from edge.daemon import seqstate
+from edge.daemon.ledger import Ledger
 from edge.protocol import parse_event
 from tests.conftest import free_port, gray_strip
 from tests.test_server import frame_parts
@@ -167,7 +167,7 @@ class Line:
 def start_daemon(args: list[str], log: Path) -> subprocess.Popen[str]:
     with open(log, "a") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "edge.main", "run", *args],
+            [sys.executable, "-m", "edge.cli.main", "run", *args],
             stderr=err,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

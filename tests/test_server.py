@@ -11,8 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from edge import rle
-from edge.protocol import FrameHeader, encode_frame
+from edge.protocol import FrameHeader, encode_frame, rle
 from tests.conftest import gray_strip, hold_models
 from tests.tiny_models import expected_masks
 
@@ -214,15 +213,15 @@ def test_a_failing_post_processing_rejects_its_frames_and_the_daemon_serves_on(
 ) -> None:
     daemon = start_daemon()
     calls = {"n": 0}
-    for lane in daemon.server.models.lanes:  # every inference worker's copy of the models
+    for cascade in daemon.server.replicas.cascades:  # every inference worker's copy of the models
 
-        def finish_failing_once(inferred: Any, real: Any = lane.finish) -> Any:
+        def finish_failing_once(inferred: Any, real: Any = cascade.finish) -> Any:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise RuntimeError("simulated post-processing fault")
             return real(inferred)
 
-        monkeypatch.setattr(lane, "finish", finish_failing_once)
+        monkeypatch.setattr(cascade, "finish", finish_failing_once)
     cam = camera_socket(daemon.source)
     cam.send_multipart(frame_parts("cam1", 0, gray_strip()))
     daemon.subscriber.wait_for(lambda ev: per_frame(ev))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge.config import load_config
-from edge.main import app
-from edge.service import EXAMPLE_CONFIG, render_unit
+from edge.cli.main import app
+from edge.daemon.config import load_config
+from edge.tools.service import EXAMPLE_CONFIG, render_unit
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import zmq
 
-from edge.sources import REVIVE_AFTER_S, SourceWatch
+from edge.daemon.sources import REVIVE_AFTER_S, SourceWatch
 from tests.conftest import free_port, gray_strip
 from tests.test_server import frame_parts, per_frame
 

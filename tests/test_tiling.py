@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.tiling import Stitcher, Tile, cut_tile, tile_grid, tile_starts
+from edge.vision.tiling import Stitcher, Window, cut_tile, tile_grid, tile_starts
 
 # -- tile_starts ---------------------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ def test_small_strip_is_reflect_padded(channels: int | None) -> None:
 
 def test_reflect_pad_by_hand() -> None:
     strip = np.array([[1, 2, 3]], np.uint8)
-    cut = cut_tile(strip, Tile(0, 0, 1, 3), 2, 5)
+    cut = cut_tile(strip, Window(0, 0, 1, 3), 2, 5)
     np.testing.assert_array_equal(cut, [[1, 2, 3, 2, 1], [1, 2, 3, 2, 1]])
 
 
@@ -139,8 +139,8 @@ def test_strip_smaller_than_tile_both_ways() -> None:
 
 def test_stitcher_averages_overlaps() -> None:
     stitcher = Stitcher(channels=2, height=1, width=5)
-    stitcher.add(Tile(0, 0, 1, 3), np.array([[[1.0, 1.0, 1.0]], [[0.2, 0.2, 0.2]]]))
-    stitcher.add(Tile(0, 2, 1, 3), np.array([[[0.0, 0.0, 0.0]], [[0.6, 0.6, 0.6]]]))
+    stitcher.add(Window(0, 0, 1, 3), np.array([[[1.0, 1.0, 1.0]], [[0.2, 0.2, 0.2]]]))
+    stitcher.add(Window(0, 2, 1, 3), np.array([[[0.0, 0.0, 0.0]], [[0.6, 0.6, 0.6]]]))
     np.testing.assert_allclose(
         stitcher.result(),
         [[[1.0, 1.0, 0.5, 0.0, 0.0]], [[0.2, 0.2, 0.4, 0.6, 0.6]]],
@@ -150,15 +150,15 @@ def test_stitcher_averages_overlaps() -> None:
 
 def test_stitcher_three_way_overlap() -> None:
     stitcher = Stitcher(channels=1, height=2, width=2)
-    stitcher.add(Tile(0, 0, 2, 2), np.full((1, 2, 2), 0.9))
-    stitcher.add(Tile(0, 1, 2, 1), np.full((1, 2, 1), 0.3))
-    stitcher.add(Tile(1, 1, 1, 1), np.full((1, 1, 1), 0.0))
+    stitcher.add(Window(0, 0, 2, 2), np.full((1, 2, 2), 0.9))
+    stitcher.add(Window(0, 1, 2, 1), np.full((1, 2, 1), 0.3))
+    stitcher.add(Window(1, 1, 1, 1), np.full((1, 1, 1), 0.0))
     np.testing.assert_allclose(stitcher.result()[0], [[0.9, 0.6], [0.9, 0.4]], rtol=1e-6)
 
 
 def test_stitcher_leaves_uncovered_pixels_zero() -> None:
     stitcher = Stitcher(channels=1, height=2, width=6)
-    stitcher.add(Tile(0, 0, 2, 3), np.full((1, 2, 3), 0.8))
+    stitcher.add(Window(0, 0, 2, 3), np.full((1, 2, 3), 0.8))
     expected = np.zeros((1, 2, 6))
     expected[:, :, :3] = 0.8
     np.testing.assert_allclose(stitcher.result(), expected, rtol=1e-6)
@@ -170,7 +170,7 @@ def test_stitcher_cuts_padding_off() -> None:
     probs = np.full((1, 8, 8), 0.25)
     probs[:, 3:, :] = 1.0  # what the model said about the padding rows
     probs[:, :, 4:] = 1.0
-    stitcher.add(Tile(0, 0, 3, 4), probs)
+    stitcher.add(Window(0, 0, 3, 4), probs)
     np.testing.assert_allclose(stitcher.result(), np.full((1, 3, 4), 0.25), rtol=1e-6)
 
 
@@ -188,25 +188,25 @@ def test_stitcher_set_whole() -> None:
     np.testing.assert_array_equal(stitcher.result(), probs)
 
 
-# -- Tile.overlap ------------------------------------------------------------------------------
+# -- Window.overlap ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("a", "b", "expected"),
     [
-        (Tile(0, 0, 10, 10), Tile(5, 5, 10, 10), True),  # corners overlap
-        (Tile(0, 0, 10, 10), Tile(2, 2, 3, 3), True),  # contained
-        (Tile(0, 0, 10, 10), Tile(0, 0, 10, 10), True),  # identical
-        (Tile(0, 0, 10, 10), Tile(0, 10, 10, 10), False),  # touching left/right edges
-        (Tile(0, 0, 10, 10), Tile(10, 0, 10, 10), False),  # touching top/bottom edges
-        (Tile(0, 0, 10, 10), Tile(10, 10, 5, 5), False),  # touching corners
-        (Tile(0, 0, 10, 10), Tile(0, 9, 10, 10), True),  # one column in common
-        (Tile(0, 0, 10, 10), Tile(20, 0, 5, 5), False),  # same columns, rows apart
-        (Tile(0, 0, 10, 10), Tile(0, 20, 5, 5), False),  # same rows, columns apart
+        (Window(0, 0, 10, 10), Window(5, 5, 10, 10), True),  # corners overlap
+        (Window(0, 0, 10, 10), Window(2, 2, 3, 3), True),  # contained
+        (Window(0, 0, 10, 10), Window(0, 0, 10, 10), True),  # identical
+        (Window(0, 0, 10, 10), Window(0, 10, 10, 10), False),  # touching left/right edges
+        (Window(0, 0, 10, 10), Window(10, 0, 10, 10), False),  # touching top/bottom edges
+        (Window(0, 0, 10, 10), Window(10, 10, 5, 5), False),  # touching corners
+        (Window(0, 0, 10, 10), Window(0, 9, 10, 10), True),  # one column in common
+        (Window(0, 0, 10, 10), Window(20, 0, 5, 5), False),  # same columns, rows apart
+        (Window(0, 0, 10, 10), Window(0, 20, 5, 5), False),  # same rows, columns apart
     ],
 )
 def test_overlap_is_positive_exactly_when_windows_share_pixels(
-    a: Tile, b: Tile, expected: bool
+    a: Window, b: Window, expected: bool
 ) -> None:
     assert (a.overlap(b) > 0) is expected
     assert (b.overlap(a) > 0) is expected
@@ -220,10 +220,10 @@ def test_neighbouring_nominal_tiles_overlap() -> None:
 
 
 def test_overlap_and_covers_much_of() -> None:
-    a, right_neighbour = Tile(0, 0, 256, 256), Tile(0, 224, 256, 256)
+    a, right_neighbour = Window(0, 0, 256, 256), Window(0, 224, 256, 256)
     assert a.overlap(right_neighbour) == 256 * 32
     assert not a.covers_much_of(right_neighbour)  # only the overlap margin is shared
-    inside = Tile(64, 64, 128, 128)
+    inside = Window(64, 64, 128, 128)
     assert a.covers_much_of(inside) and inside.covers_much_of(a)
-    assert a.overlap(Tile(0, 300, 10, 10)) == 0
+    assert a.overlap(Window(0, 300, 10, 10)) == 0
     assert a.covers_much_of(a)

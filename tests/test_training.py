@@ -10,11 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edge.cascade import Cascade
-from edge.modelspec import load_repository
-from edge.training import export, nets, trainer
-from edge.training.labels import LabelledStrip
-from edge.training.samples import (
+from edge.tools.training import export, nets, trainer
+from edge.tools.training.labels import LabelledStrip
+from edge.tools.training.samples import (
     PRESENT_PIXELS,
     CropSampler,
     augment,
@@ -22,6 +20,8 @@ from edge.training.samples import (
     jitter_photometric,
     synthetic_strips,
 )
+from edge.vision.cascade import Cascade
+from edge.vision.modelspec import load_repository
 
 
 def _strip(present_mask: np.ndarray, known: bool = True) -> LabelledStrip:
@@ -168,7 +168,7 @@ def test_exported_pair_serves_in_the_cascade(tmp_path: Path) -> None:
 
 
 def test_dice_term_counts_only_non_empty_masks() -> None:
-    from edge.training.losses import bce_dice_loss
+    from edge.tools.training.losses import bce_dice_loss
 
     masks = torch.zeros(1, 2, 8, 8)
     masks[0, 0, 2:6, 2:6] = 1.0  # class 0 present, class 1 empty

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge import rle
-from edge.main import app
-from edge.tiling import tile_grid
-from edge.training.evaluate import StripOutputs, classifier_report, segmentation_report
-from edge.training.labels import LabelledStrip
-from edge.training.samples import synthetic_strips
-from edge.training.tune import tune
+from edge.cli.main import app
+from edge.protocol import rle
+from edge.tools.training.evaluate import StripOutputs, classifier_report, segmentation_report
+from edge.tools.training.labels import LabelledStrip
+from edge.tools.training.samples import synthetic_strips
+from edge.tools.training.tune import tune
+from edge.vision.tiling import tile_grid
 
 H, W = 256, 1600
 

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import rle
-from edge.training.labels import LabelsError, load_labelled, read_rle_rows
+from edge.protocol import rle
+from edge.tools.training.labels import LabelsError, load_labelled, read_rle_rows
 
 
 def _folder(tmp_path: Path) -> Path:

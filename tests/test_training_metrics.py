@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge.training import metrics
+from edge.tools.training import metrics
 
 
 def test_auc_perfect_inverted_and_undefined() -> None:

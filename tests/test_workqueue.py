@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from edge.workqueue import Closed, WorkQueue
+from edge.daemon.workqueue import Closed, WorkQueue
 
 
 def test_drop_oldest_evicts_and_returns_the_oldest() -> None:

@@ -1,0 +1,198 @@
+"""CLI commands around a line: camera, record, replay, listen (registered in ``edge.main``)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.cli.common import (
+    CurveClientKey,
+    CurveServerKey,
+    bind_endpoints,
+    check_endpoint_option,
+    connect_endpoints,
+    curve_pair,
+    fail,
+)
+from edge.logs import configure
+
+
+def camera(
+    to: Annotated[
+        str,
+        typer.Option(help="Endpoint the camera BINDs, e.g. tcp://*:5555.", callback=bind_endpoints),
+    ],
+    images: Annotated[
+        Path | None,
+        typer.Option(help="Folder of strip images to send. (default: synthetic strips)"),
+    ] = None,
+    fps: Annotated[float, typer.Option(help="Frames per second (0: as fast as possible).")] = 20.0,
+    loop: Annotated[bool, typer.Option(help="Start over at the end of the folder.")] = False,
+    count: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+    camera_id: Annotated[
+        str, typer.Option("--camera-id", help="Camera id in topics and headers.")
+    ] = "cam1",
+    encoding: Annotated[str, typer.Option(help="raw | jpeg | png")] = "raw",
+    color: Annotated[bool, typer.Option(help="Send 3-channel RGB instead of grayscale.")] = False,
+    defect_rate: Annotated[
+        float, typer.Option(help="Synthetic strips only: share defective.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Synthetic strips only: seed.")] = 0,
+    wait_subscriber: Annotated[
+        float, typer.Option(help="Seconds to wait for a subscriber before sending.")
+    ] = 10.0,
+    curve_server_key: CurveServerKey = None,
+    curve_client_key: CurveClientKey = None,
+) -> None:
+    """Publish strip images as a camera would (from a folder, or synthetic ones)."""
+    from edge.line.camera import ImageLoadError, images_in, load_strip, run_camera
+    from edge.protocol import ENCODINGS
+    from edge.protocol.curve import SecurityError
+
+    curve = curve_pair(curve_server_key, curve_client_key)
+
+    if encoding not in ENCODINGS:
+        raise fail(f"--encoding must be one of {list(ENCODINGS)}, got {encoding!r}")
+    configure()
+    if images is not None:
+        try:
+            paths = images_in(images)
+        except ImageLoadError as err:
+            raise fail(str(err)) from None
+        ordered = itertools.cycle(paths) if loop else iter(paths)
+        frames = (load_strip(p, gray=not color) for p in ordered)
+    else:
+        from edge.tools.synthetic import strip_stream
+
+        frames = (s.image for s in strip_stream(seed, defect_rate=defect_rate))
+        if color:
+            import numpy as np
+
+            frames = (np.repeat(f[:, :, None], 3, axis=2) for f in frames)
+    try:
+        sent = run_camera(
+            to,
+            frames,
+            camera=camera_id,
+            fps=fps or None,
+            encoding=encoding,
+            count=count,
+            wait_subscriber_s=wait_subscriber,
+            curve=curve,
+        )
+    except SecurityError as err:
+        raise fail(str(err)) from None
+    except ImageLoadError as err:  # images load lazily: a bad file shows up mid-run
+        raise fail(str(err), 1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(f"sent {sent} frames", err=True)
+
+
+def record(
+    out: Annotated[Path, typer.Option(help="Recording file to write (.edgerec).")],
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", "-s", help="Endpoint to CONNECT to; repeat for several."),
+    ] = None,
+    bind: Annotated[bool, typer.Option(help="BIND the sources instead of connecting.")] = False,
+    frames: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Record camera messages exactly as received, for replay and tests."""
+    from edge.line.recording import record as record_messages
+
+    if not source:
+        raise fail("give at least one --source")
+    # Not a callback: whether these are binds depends on --bind, which may come after them.
+    check_endpoint_option(source, bind=bind, option="--source")
+    configure()
+    stop = threading.Event()
+    try:
+        n = record_messages(source, out, frames=frames, duration_s=duration, bind=bind, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+        raise typer.Exit(130) from None
+    typer.echo(f"recorded {n} messages to {out}", err=True)
+
+
+def replay(
+    recording: Annotated[Path, typer.Argument(help="A file written by `edge record`.")],
+    to: Annotated[
+        str,
+        typer.Option(
+            help="Endpoint to BIND and publish on, e.g. tcp://*:5555.", callback=bind_endpoints
+        ),
+    ],
+    fps: Annotated[
+        float | None, typer.Option(help="Fixed rate instead of the recorded timing.")
+    ] = None,
+    as_fast_as_possible: Annotated[
+        bool, typer.Option("--as-fast-as-possible", help="No pacing at all.")
+    ] = False,
+    wait_subscriber: Annotated[
+        float, typer.Option(help="Seconds to wait for a subscriber before sending.")
+    ] = 10.0,
+    allow_truncated: Annotated[
+        bool, typer.Option(help="Replay what a killed recorder left, up to its last whole message.")
+    ] = False,
+    curve_server_key: CurveServerKey = None,
+    curve_client_key: CurveClientKey = None,
+) -> None:
+    """Publish a recording again, message for message."""
+    from edge.line.camera import replay as replay_recording
+    from edge.line.recording import RecordingError
+    from edge.protocol.curve import SecurityError
+
+    curve = curve_pair(curve_server_key, curve_client_key)
+    configure()
+    try:
+        n = replay_recording(
+            recording,
+            to,
+            fps=fps,
+            as_fast_as_possible=as_fast_as_possible,
+            wait_subscriber_s=wait_subscriber,
+            allow_truncated=allow_truncated,
+            curve=curve,
+        )
+    except (RecordingError, SecurityError) as err:
+        raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(f"replayed {n} messages", err=True)
+
+
+def listen(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source", "-s", help="The daemon's publish endpoint.", callback=connect_endpoints
+        ),
+    ] = "tcp://127.0.0.1:5556",
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    status: Annotated[bool, typer.Option(help="Also print the periodic status messages.")] = True,
+    curve_server_key: CurveServerKey = None,
+    curve_client_key: CurveClientKey = None,
+) -> None:
+    """Print the daemon's events, one line each."""
+    from edge.line.listen import format_event, to_json_line
+    from edge.line.listen import listen as listen_events
+    from edge.protocol.curve import SecurityError
+
+    curve = curve_pair(curve_server_key, curve_client_key)
+
+    def show(topic: str, body: dict) -> None:
+        typer.echo(to_json_line(body) if json_lines else format_event(topic, body))
+
+    try:
+        listen_events(source, show, count=count, status=status, curve=curve)
+    except SecurityError as err:
+        raise fail(str(err)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None

@@ -1,0 +1,208 @@
+"""The daemon's one validated configuration, from a TOML file and command-line flags.
+
+Flags override the file; every key is checked here, before anything starts, and a bad value
+gets an error that names the key, the file and the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from edge import protocol
+from edge.protocol.endpoints import check_endpoint
+from edge.settings import ConfigError as ConfigError  # raised by load_config
+from edge.settings import load_validated
+from edge.vision.backends.auto import BackendName
+
+
+def shipped_models() -> Path:
+    """The reference model repository installed with the package (models/ in the source tree)."""
+    return Path(str(importlib.resources.files("edge.reference_models")))
+
+
+def _state_directory() -> Path | None:
+    """systemd's StateDirectory= (the unit sets it) gives the daemon a place that survives."""
+    value = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(value) if value else None
+
+
+def _endpoint(value: str, *, bind: bool) -> str:
+    return check_endpoint(value, bind=bind)
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- sockets --
+    sources: list[str] = Field(default_factory=list, description="camera endpoints to connect to")
+    bind_sources: list[str] = Field(
+        default_factory=list, description="endpoints to bind for cameras that connect"
+    )
+    publish: str = "tcp://127.0.0.1:5556"
+    # ZeroMQ's buffers are what bounds memory before the work queue: per camera connection at
+    # most rcvhwm frames of at most max_message_bytes each (200 raw 256x1600 strips: 82 MB).
+    rcvhwm: int = Field(200, gt=0, description="frames ZeroMQ buffers per camera before it drops")
+    sndhwm: int = Field(
+        10000, gt=0, description="events ZeroMQ buffers per subscriber before that one loses some"
+    )
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="a camera sending a bigger message is disconnected"
+    )
+    # -- security (ZeroMQ CURVE; both or neither) --
+    curve_secret_key: Path | None = Field(
+        None, description="the daemon's secret certificate (from `edge keygen`); turns CURVE on"
+    )
+    curve_authorized_clients: Path | None = Field(
+        None, description="folder of public certificates of cameras and subscribers allowed in"
+    )
+    # -- models and inference --
+    models: Path = Field(default_factory=shipped_models)
+    backend: BackendName = "onnxruntime"
+    engines: Path | None = Field(None, description="TensorRT engine folder (edge build --out)")
+    rebuild_stale: bool = Field(
+        False, description="rebuild a missing or stale TensorRT engine instead of refusing"
+    )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="inference workers, each with its own copy of the models; 0 = auto "
+        "(CPU: one per core, up to 4; GPU: 1)",
+    )
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = the cores / workers"
+    )
+    max_batch: int = Field(32, gt=0, le=1024, description="tiles per model batch")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="how long a partial batch waits for more strips"
+    )
+    # -- what the daemon accepts: checked before any frame is decoded or any table grows --
+    max_frame_pixels: int = Field(
+        4 * 256 * 1600,
+        gt=0,
+        le=protocol.MAX_PIXELS,
+        description="a frame with more pixels is rejected before decoding (default: 4 strips)",
+    )
+    max_frame_height: int = Field(1024, gt=0, description="a taller frame is rejected")
+    max_frame_width: int = Field(6400, gt=0, description="a wider frame is rejected")
+    max_cameras: int = Field(
+        64,
+        gt=0,
+        le=4096,
+        description="camera ids the daemon keeps counters for; frames from more are rejected",
+    )
+    # -- load shedding and lifecycle --
+    queue_size: int = Field(16, gt=0, description="strips waiting for inference")
+    overload: Literal["drop-oldest", "block"] = "drop-oldest"
+    status_interval_s: float = Field(1.0, gt=0)
+    drain_timeout_s: float = Field(10.0, gt=0)
+    stall_timeout_s: float = Field(
+        10.0, gt=0, description="an inference worker silent this long: not ready, no watchdog ping"
+    )
+    pid_file: Path | None = Field(None, description="file to write the daemon's pid to")
+    state_dir: Path | None = Field(
+        default_factory=_state_directory,
+        description="where the last seq of each camera is kept across restarts "
+        "(default: $STATE_DIRECTORY, set by systemd's StateDirectory=; off if unset)",
+    )
+    state_interval_s: float = Field(
+        1.0, gt=0, description="how often the last seqs are written to state_dir"
+    )
+    # -- observability --
+    metrics: str | None = Field(
+        None, description="HOST:PORT for /metrics, /healthz and /readyz over HTTP; off if unset"
+    )
+    daemon_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    # -- logging --
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("sources", "bind_sources")
+    @classmethod
+    def _endpoints(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        return [_endpoint(v, bind=info.field_name == "bind_sources") for v in values]
+
+    @field_validator("publish")
+    @classmethod
+    def _publish(cls, value: str) -> str:
+        return _endpoint(value, bind=True)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_host_port(value)
+        return value
+
+    @field_validator("curve_secret_key")
+    @classmethod
+    def _secret_key(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a file (write one with `edge keygen DIR`)")
+        return value
+
+    @field_validator("curve_authorized_clients")
+    @classmethod
+    def _authorized(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a folder of public .key certificates")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _models_dir(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"model repository {str(value)!r} is not a folder")
+        return value
+
+    @model_validator(mode="after")
+    def _some_source(self) -> Config:
+        if not self.sources and not self.bind_sources:
+            raise ValueError(
+                "no cameras: give at least one source (--source) or bind_sources (--bind-source)"
+            )
+        if (self.curve_secret_key is None) != (self.curve_authorized_clients is None):
+            raise ValueError(
+                "CURVE needs both curve_secret_key and curve_authorized_clients, or neither"
+            )
+        return self
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return None if self.metrics is None else parse_host_port(self.metrics)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6) -> (host, port); port 0 picks a free one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:9100")
+    return host.strip("[]"), int(port)
+
+
+_PATH_KEYS = (
+    "models",
+    "engines",
+    "curve_secret_key",
+    "curve_authorized_clients",
+    "pid_file",
+    "state_dir",
+)
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> Config:
+    """Read ``path`` (TOML) if given, apply non-None overrides, validate."""
+    return load_validated(Config, path, _PATH_KEYS, overrides)

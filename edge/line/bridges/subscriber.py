@@ -1,0 +1,120 @@
+"""The bridges' ZeroMQ side: a thread that subscribes to the daemon and feeds a BridgeState.
+
+It never waits on the PLC side: it only decodes and updates the state under a short lock, so
+a PLC that polls slowly (or not at all) cannot make the daemon's events back up here.
+ZeroMQ reconnects on its own, with the backoff set below, whenever the daemon goes away
+(restart, crash, cable); it also re-sends the subscriptions, so nothing here has to notice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zmq
+
+from edge.line.bridges.state import BridgeState, DefectNotice
+from edge.protocol import EVENT_TOPIC_PREFIX, STATUS_TOPIC_PREFIX, ProtocolError, parse_event
+
+log = structlog.get_logger("edge.bridge")
+
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 5000  # backoff doubles from 0.1 s up to this
+# ZMTP heartbeats find a daemon whose host vanished without closing TCP (power loss, cable),
+# which would otherwise look like a quiet line forever.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 5000
+# Events are tiny; a deep receive buffer rides out a burst while the state lock is contended.
+RCVHWM = 100_000
+
+
+class Subscriber:
+    """Subscribe to ``source`` (the daemon's --publish endpoint) in a background thread."""
+
+    def __init__(
+        self,
+        source: str,
+        state: BridgeState,
+        *,
+        on_defect: Callable[[DefectNotice], None] | None = None,
+        curve: tuple[Path, Path] | None = None,
+    ) -> None:
+        self.source = source
+        self.state = state
+        self.on_defect = on_defect
+        self.curve = curve
+        self._stop = threading.Event()
+        self._context = zmq.Context()
+        self._socket = self._connect()  # in the caller's thread: a bad endpoint fails start-up
+        self._thread = threading.Thread(target=self._run, name="bridge-subscriber", daemon=True)
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.SUB)
+        if self.curve is not None:
+            from edge.protocol.curve import make_client
+
+            make_client(sock, *self.curve)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.SUBSCRIBE, EVENT_TOPIC_PREFIX.encode())
+        sock.setsockopt(zmq.SUBSCRIBE, STATUS_TOPIC_PREFIX.encode())
+        try:
+            sock.connect(self.source)
+        except zmq.ZMQError as err:
+            sock.close()
+            self._context.term()
+            raise ValueError(f"cannot connect to {self.source!r}: {err}") from None
+        return sock
+
+    def start(self) -> Subscriber:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        self._socket.close()
+        self._context.term()
+
+    def _run(self) -> None:
+        log.info("bridge subscribed", source=self.source)
+        while not self._stop.is_set():
+            try:
+                if not self._socket.poll(100):
+                    continue
+                parts = self._socket.recv_multipart()
+            except zmq.ZMQError as err:  # only on shutdown races; keep serving otherwise
+                if self._stop.is_set():
+                    return
+                log.warning("bridge receive failed", error=str(err), throttle=True)
+                continue
+            self.handle(parts)
+
+    def handle(self, parts: list[Any]) -> None:
+        try:
+            topic, body = parse_event(parts)
+        except ProtocolError as err:
+            self.state.invalid_message()
+            log.warning(
+                "bridge ignored a message that is not a v1 event", reason=str(err), throttle=True
+            )
+            return
+        try:
+            notice = self.state.apply(topic, body)
+        except (KeyError, TypeError, ValueError) as err:
+            # A v1 map with a field of the wrong type: count it, keep serving the PLC.
+            self.state.invalid_message()
+            log.warning(
+                "bridge ignored a malformed event", topic=topic, error=repr(err), throttle=True
+            )
+            return
+        if notice is not None and self.on_defect is not None:
+            self.on_defect(notice)

@@ -1,0 +1,100 @@
+"""What the bench's figures add up to: the ratios against their targets, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+# What the issue asks of this machine class (docs/performance.md).
+TARGETS: Final = {
+    "e2e_over_backend": (">=", 0.90),
+    "cascade_over_naive": (">=", 3.0),
+    "p99_over_p50": ("<=", 2.0),
+}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def ratios(sections: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """The three ratios the targets are about; None where a mode they need did not run."""
+    ceiling = sections.get("backend", {}).get("strips_per_s")
+    e2e = sections.get("e2e", {})
+    latency = e2e.get("latency", {})
+    return {
+        "e2e_over_backend": _ratio(e2e.get("strips_per_s"), ceiling),
+        "cascade_over_naive": _ratio(
+            sections.get("pipeline", {}).get("strips_per_s"),
+            sections.get("naive", {}).get("strips_per_s"),
+        ),
+        "p99_over_p50": _ratio(latency.get("p99_ms"), latency.get("p50_ms")),
+    }
+
+
+def targets(
+    ratios: dict[str, float | None], sections: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each target, the value it was held to and whether it was met (None: not measured)."""
+    met: dict[str, dict[str, Any]] = {
+        key: {
+            "target": f"{op} {bound:g}",
+            "value": ratios[key],
+            "met": None
+            if ratios[key] is None
+            else (ratios[key] >= bound if op == ">=" else ratios[key] <= bound),
+        }
+        for key, (op, bound) in TARGETS.items()
+    }
+    if "e2e" in sections:
+        memory = sections["e2e"]["memory"]
+        growth, start = memory["rss_growth_mb"], memory["rss_mb_start"]
+        flat = None if growth is None else bool(growth <= max(16.0, 0.05 * start))
+        met["memory_bounded_at_2x"] = {
+            "target": "RSS growth over the 2x step <= max(16 MiB, 5 % of its start)",
+            "value": growth,
+            "met": flat,
+        }
+    return met
+
+
+def backend_in_strips(section: dict[str, Any], tiles_per_strip: int, seg_per_strip: float) -> None:
+    """The bare models' best tiles/s as strips/s at this pool's gate rate: the ceiling."""
+    cls = section["classifier"]["best_tiles_per_s"]
+    seg = section["segmenter"]["best_tiles_per_s"]
+    seconds_per_strip = tiles_per_strip / cls + seg_per_strip / seg
+    strips = 1.0 / seconds_per_strip
+    best = next(
+        r
+        for r in section["classifier"]["runs"]
+        if r["batch"] == section["classifier"]["best_batch"]
+    )
+    section.update(
+        {
+            "strips_per_s": round(strips, 3),
+            "tiles_per_s": round(strips * (tiles_per_strip + seg_per_strip), 2),
+            "latency": best["call_latency"],
+            "latency_is": "one classifier call at its best batch size",
+            "batch_size_histogram": {
+                role: section[role]["batch_size_histogram"] for role in ("classifier", "segmenter")
+            },
+            "drops": 0,
+        }
+    )
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,155 @@
+"""Between pixels and tensors: what a model's config says about its input and output.
+
+``InputAdapter`` turns strips into windows (tiles, or the whole strip to resize) and writes them
+into a preallocated batch buffer in the model's layout and normalization. ``OutputAdapter`` turns
+raw outputs into per-class probabilities: scores (N x K) for classifiers, maps (N x K x h x w)
+for segmenters.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge.vision.modelspec import ModelSpec
+from edge.vision.tiling import Window, cut_tile, tile_grid
+
+
+class InputAdapter:
+    def __init__(self, spec: ModelSpec, dtype: np.dtype = np.dtype(np.float32)) -> None:
+        self.spec = spec
+        self.dtype = dtype
+        self.feed = spec.feed
+        self.channels = spec.input.channels
+        inp = spec.input
+        std = np.broadcast_to(np.asarray(inp.std, np.float32), (self.channels,))
+        mean = np.broadcast_to(np.asarray(inp.mean, np.float32), (self.channels,))
+        # x = (p * scale - mean) / std, folded into one multiply-add per pixel.
+        self._gain = (inp.scale / std).astype(np.float32)
+        self._offset = (-mean / std).astype(np.float32)
+        self._uniform = bool(
+            np.all(self._gain == self._gain[0]) and np.all(self._offset == self._offset[0])
+        )
+
+    @property
+    def model_hw(self) -> tuple[int, int]:
+        return self.feed.height, self.feed.width
+
+    def sample_shape(self) -> tuple[int, int, int]:
+        h, w = self.model_hw
+        return (self.channels, h, w) if self.spec.input.layout == "NCHW" else (h, w, self.channels)
+
+    def new_batch(self, max_batch: int) -> np.ndarray:
+        return np.empty((max_batch, *self.sample_shape()), dtype=self.dtype)
+
+    def windows(self, height: int, width: int) -> list[Window]:
+        """Where on a height x width strip this model looks; one window per model input."""
+        if self.feed.mode == "resize":
+            return [Window(0, 0, height, width)]
+        return tile_grid(height, width, *self.model_hw, self.feed.rows, self.feed.columns)
+
+    def pixels_for(self, image: np.ndarray, window: Window) -> np.ndarray:
+        """The window's pixels at the model's size and channel count (h x w x C, uint8)."""
+        h, w = self.model_hw
+        if self.feed.mode == "resize":
+            if image.shape[:2] == (h, w):
+                sized = image
+            else:
+                shrinking = h * w < image.shape[0] * image.shape[1]
+                sized = cv2.resize(
+                    image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+                )
+        else:
+            sized = cut_tile(image, window, h, w)
+        return self._match_channels(sized)
+
+    def _match_channels(self, pixels: np.ndarray) -> np.ndarray:
+        have = 1 if pixels.ndim == 2 else pixels.shape[2]
+        if have == self.channels:
+            if have == 3 and self.spec.input.color_order == "bgr":
+                return pixels[:, :, ::-1]
+            return pixels if pixels.ndim == 3 else pixels[:, :, None]
+        if self.channels == 1:
+            return cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)[:, :, None]
+        # A grayscale strip for a 3-channel model: the same value in every channel.
+        return np.repeat(pixels.reshape(*pixels.shape[:2], 1), 3, axis=2)
+
+    def write(self, batch: np.ndarray, index: int, pixels: np.ndarray) -> None:
+        """Normalise h x w x C uint8 pixels into batch[index] in the model's layout."""
+        target = batch[index]
+        source = pixels.transpose(2, 0, 1) if self.spec.input.layout == "NCHW" else pixels
+        if self._uniform:
+            np.multiply(source, self._gain[0], out=target, casting="unsafe")
+            target += self._offset[0]
+            return
+        axis_shape = (-1, 1, 1) if self.spec.input.layout == "NCHW" else (1, 1, -1)
+        np.multiply(source, self._gain.reshape(axis_shape), out=target, casting="unsafe")
+        target += self._offset.reshape(axis_shape)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # Clipping keeps exp() finite for the extreme logits FP16 models produce. The steps run in
+    # place on clip's output: the same arithmetic as 1 / (1 + exp(-x)) with one allocation
+    # instead of five (segmenter maps are megabytes per batch).
+    out = np.clip(x, -60.0, 60.0)
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    np.add(out, 1.0, out=out)
+    return np.divide(1.0, out, out=out)
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+class OutputAdapter:
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.out = spec.output
+
+    def _probabilities(self, raw: np.ndarray, class_axis: int) -> np.ndarray:
+        raw = raw.astype(np.float32, copy=False)
+        if self.out.activation == "sigmoid":
+            probs = sigmoid(raw)
+        elif self.out.activation == "softmax":
+            probs = softmax(raw, axis=class_axis)
+        else:
+            probs = raw
+        if self.out.activation == "softmax" and self.out.background_index is not None:
+            probs = np.delete(probs, self.out.background_index, axis=class_axis)
+        if probs.shape[class_axis] != self.spec.num_classes:
+            raise ValueError(
+                f"model {self.spec.name!r} gives {probs.shape[class_axis]} class outputs "
+                f"(after activation {self.out.activation!r}), its config names "
+                f"{self.spec.num_classes} classes {list(self.spec.classes)}"
+            )
+        return probs
+
+    def scores(self, raw: np.ndarray) -> np.ndarray:
+        """Classifier output (N x K logits or probabilities) -> N x K probabilities."""
+        if raw.ndim != 2:
+            raise ValueError(
+                f"classifier {self.spec.name!r} output has shape {list(raw.shape)}; expected [N, classes]"
+            )
+        return self._probabilities(raw, class_axis=1)
+
+    def maps(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Segmenter output -> N x K x height x width probabilities at the window's size."""
+        if raw.ndim != 4:
+            raise ValueError(
+                f"segmenter {self.spec.name!r} output has shape {list(raw.shape)}; expected 4-D "
+                f"({self.out.layout})"
+            )
+        if self.out.layout == "NHWC":
+            raw = raw.transpose(0, 3, 1, 2)
+        probs = self._probabilities(raw, class_axis=1)
+        if probs.shape[2:] == (height, width):
+            return probs
+        resized = np.empty((*probs.shape[:2], height, width), np.float32)
+        for i in range(probs.shape[0]):
+            # cv2.resize takes up to 512 channels as H x W x C.
+            hwc = np.ascontiguousarray(probs[i].transpose(1, 2, 0))
+            out = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
+            resized[i] = out.reshape(height, width, -1).transpose(2, 0, 1)
+        return resized

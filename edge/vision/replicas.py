@@ -1,0 +1,131 @@
+"""Inference workers and their model replicas: how many, how many threads each, and loading them.
+
+On a CPU, ONNX Runtime splits each operator over its intra-op threads, and every parallel
+section waits for its slowest thread; two sessions of one thread each, running different
+batches, keep two cores busier than one session of two threads (measured in
+docs/performance.md: about 20 % more strips/s on 2 cores). So the daemon runs ``workers``
+inference threads, each with its own replica of both models (Triton's model instances).
+
+A GPU is another matter: one worker feeds it (the TensorRT backend's CUDA context and stream
+belong to one thread), and the GPU parallelises within each batch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.vision.backends import auto
+from edge.vision.cascade import Cascade
+
+# Auto never starts more: each replica holds its own sessions and arenas, and past a few
+# workers per box the gain is in threads per session instead.
+MAX_AUTO_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    workers: int  # inference threads, one replica of the models each
+    threads: int  # ONNX Runtime intra-op threads per session (0: ONNX Runtime's default)
+    reason: str  # for the log line a plant engineer reads
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container or systemd's CPUAffinity can limit it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def plan_workers(workers: int, threads: int, *, cores: int, gpu: bool) -> WorkerPlan:
+    """Resolve the config's ``workers`` and ``threads`` (0 = auto) for this machine.
+
+    On a GPU auto means one worker. On a CPU: one one-thread worker per core, up to
+    MAX_AUTO_WORKERS, then more threads per worker; a fixed value of either is kept and the
+    other fills the cores.
+    """
+    cores = max(1, cores)
+    if gpu:
+        count = workers or 1
+        return WorkerPlan(count, threads, f"{count} worker(s) feeding the GPU")
+    if workers and threads:
+        return WorkerPlan(workers, threads, "as configured")
+    if workers:
+        return WorkerPlan(
+            workers, max(1, cores // workers), f"{workers} worker(s) configured over {cores} cores"
+        )
+    if threads:
+        count = max(1, min(MAX_AUTO_WORKERS, cores // threads))
+        return WorkerPlan(count, threads, f"{threads} thread(s) each over {cores} cores")
+    count = min(MAX_AUTO_WORKERS, cores)
+    return WorkerPlan(count, max(1, cores // count), f"auto: {count} worker(s) over {cores} cores")
+
+
+def runs_on_gpu(backend: auto.BackendName, engines: Path | None) -> bool:
+    """Whether ``backend`` will run the models on a GPU here (auto decides as it will load)."""
+    return on_gpu(auto.choose(backend, engines=engines))
+
+
+def on_gpu(choice: auto.Choice) -> bool:
+    """Whether a backend choice runs the models on a GPU."""
+    return choice.backend == "tensorrt" or any(
+        p != "CPUExecutionProvider" for p in choice.providers
+    )
+
+
+class Replicas:
+    """One cascade per inference worker, all of the same models and settings."""
+
+    def __init__(self, cascades: list[Cascade], plan: WorkerPlan) -> None:
+        if not cascades:
+            raise ValueError("Replicas needs at least one cascade")
+        self.cascades = cascades
+        self.plan = plan
+
+    @property
+    def first(self) -> Cascade:
+        return self.cascades[0]
+
+    @property
+    def model_ids(self) -> dict[str, str]:
+        return self.first.model_ids
+
+    @property
+    def backend_name(self) -> str:
+        return self.first.classifier.backend.name
+
+    def close(self) -> None:
+        for cascade in self.cascades:
+            cascade.close()
+
+
+def load_replicas(
+    models: Path,
+    backend: auto.BackendName = "onnxruntime",
+    *,
+    plan: WorkerPlan,
+    max_batch: int = 32,
+    engines: Path | None = None,
+    rebuild_stale: bool = False,
+) -> Replicas:
+    """``plan.workers`` cascades of the same models, each loaded and self-tested."""
+    cascades: list[Cascade] = []
+    try:
+        for _ in range(plan.workers):
+            cascades.append(
+                Cascade.load(
+                    models,
+                    backend,
+                    max_batch=max_batch,
+                    threads=plan.threads,
+                    engines=engines,
+                    rebuild_stale=rebuild_stale,
+                )
+            )
+    except BaseException:
+        for cascade in cascades:
+            cascade.close()
+        raise
+    return Replicas(cascades, plan)
