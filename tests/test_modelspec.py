@@ -423,3 +423,141 @@ def test_spec_dump_validates_back_to_itself() -> None:
     spec = parse_spec(keras_resnet50_binary().config, "k")
     again = parse_spec(json.loads(spec.model_dump_json()), "dump")
     assert again == spec
+
+
+# -- one value: a number where the docs say "one value, or one per channel/class" ----------------
+
+SCALAR_KEYS = [
+    ("input", "mean", 0.25),
+    ("input", "std", 2.0),
+    ("thresholds", "gate", 0.3),
+    ("thresholds", "mask", 0.4),
+    ("thresholds", "min_area", 600),
+]
+
+
+def _custom_input(data: dict[str, Any]) -> dict[str, Any]:
+    data["input"] = {**_CUSTOM}  # mean/std are custom normalization's, not the caffe preset's
+    return data
+
+
+@pytest.mark.parametrize(("table", "key", "value"), SCALAR_KEYS, ids=[k for _, k, _ in SCALAR_KEYS])
+def test_one_value_may_be_a_bare_number(table: str, key: str, value: float) -> None:
+    scalar = parse_spec(_set(_custom_input(_base()), f"{table}.{key}", value), "scalar")
+    listed = parse_spec(_set(_custom_input(_base()), f"{table}.{key}", [value]), "list")
+    assert scalar == listed
+    assert getattr(getattr(scalar, table), key) == (value,)
+
+
+def test_bare_numbers_in_a_config_file(tmp_path: Path) -> None:
+    model = keras_resnet50_unet()
+    config = copy.deepcopy(model.config)
+    config["input"] = {**_CUSTOM, "mean": 0.0, "std": 1.0}
+    config["thresholds"] = {"gate": 0.5, "mask": 0.5, "min_area": 0}
+    model_dir = write_model_dir(
+        tmp_path, PlantModel(model.name, config, model.onnx_bytes, model.expected)
+    )
+    assert "mask = 0.5\n" in (model_dir / "config.toml").read_text()
+    spec = resolve_model_dir(model_dir).spec
+    assert spec.input.mean == (0.0,) and spec.input.std == (1.0,)
+    assert spec.per_class("mask") == [0.5] * 4 and spec.per_class("min_area") == [0] * 4
+
+
+WRONG_LENGTHS = [
+    ("input.mean", [0.1, 0.2], ["input", "mean has 2 values", "per channel (3)"]),
+    ("input.std", [1.0, 1.0], ["input", "std has 2 values"]),
+    ("thresholds.gate", [0.3, 0.5], ["thresholds.gate has 2 values", "per class (4"]),
+    ("thresholds.mask", [0.3, 0.5, 0.7], ["thresholds.mask has 3 values", "per class (4"]),
+    ("thresholds.min_area", [1, 2, 3, 4, 5], ["thresholds.min_area has 5 values"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needles"), WRONG_LENGTHS, ids=[w[0] for w in WRONG_LENGTHS]
+)
+def test_wrong_length_list_is_still_refused(key: str, value: Any, needles: list[str]) -> None:
+    with pytest.raises(ModelConfigError) as info:
+        parse_spec(_set(_custom_input(_base()), key, value), "cfg")
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("thresholds.mask", "0.5"), ("thresholds.min_area", 0.5), ("input.std", 0)]
+)
+def test_a_bad_bare_value_names_the_key(key: str, value: Any) -> None:
+    with pytest.raises(ModelConfigError, match=re.escape(key.split(".")[-1])):
+        parse_spec(_set(_custom_input(_base()), key, value), "cfg")
+
+
+# -- a config that contradicts its model's outputs names the key to fix --------------------------
+
+
+def _plant_model(name: str) -> PlantModel:
+    (model,) = [m for m in (f() for f in ALL_PLANT_MODELS) if m.name == name]
+    return model
+
+
+def _real_output(model: PlantModel) -> np.ndarray:
+    session = _session(model)
+    (output,) = session.run(None, {session.get_inputs()[0].name: _random_input(model, 1)})
+    return output
+
+
+def test_background_channel_without_background_index_says_set_it() -> None:
+    from edge.vision.preprocess import OutputAdapter
+
+    model = _plant_model(
+        "pytorch_resnet18_softmax"
+    )  # 2 logits [background, defect], classes = ["defect"]
+    data = copy.deepcopy(model.config)
+    del data["output"]["background_index"]
+    adapter = OutputAdapter(parse_spec(data, "cfg"))
+    with pytest.raises(ValueError, match=re.escape("set output.background_index")) as info:
+        adapter.scores(_real_output(model))
+    assert "[1, 2]" in str(info.value) and "classes = ['defect'] has 1" in str(info.value)
+
+
+def test_segmenter_with_one_more_channel_than_classes_says_set_background_index() -> None:
+    from edge.vision.preprocess import OutputAdapter
+
+    model = keras_resnet50_unet()  # 4 channels out
+    data = _set(copy.deepcopy(model.config), "classes", ["1", "2", "3"])
+    adapter = OutputAdapter(parse_spec(data, "cfg"))
+    with pytest.raises(ValueError) as info:
+        adapter.maps(_real_output(model), 128, 800)
+    message = str(info.value)
+    assert "output.background_index" in message and "output.activation = 'softmax'" in message
+    assert "[1, 128, 800, 4]" in message
+
+
+def test_background_index_on_a_model_without_one_says_remove_it() -> None:
+    from edge.vision.preprocess import OutputAdapter
+
+    data = _set(_plant_config("keras_resnet50_unet"), "output.activation", "softmax")
+    data["output"]["background_index"] = 0
+    adapter = OutputAdapter(parse_spec(data, "cfg"))
+    with pytest.raises(ValueError, match=re.escape("remove output.background_index")):
+        adapter.maps(_real_output(keras_resnet50_unet()), 128, 800)
+
+
+def test_output_layout_that_does_not_match_names_it_and_the_shape() -> None:
+    from edge.vision.preprocess import OutputAdapter
+
+    model = keras_resnet50_unet()  # NHWC output [N, 128, 800, 4]
+    data = _set(copy.deepcopy(model.config), "output.layout", "NCHW")
+    adapter = OutputAdapter(parse_spec(data, "cfg"))
+    with pytest.raises(ValueError) as info:
+        adapter.maps(_real_output(model), 128, 800)
+    message = str(info.value)
+    assert "[1, 128, 800, 4]" in message
+    assert "output.layout = 'NCHW'" in message and "set output.layout = 'NHWC'" in message
+
+
+def test_a_matching_output_still_reads() -> None:
+    from edge.vision.preprocess import OutputAdapter
+
+    model = keras_resnet50_unet()
+    raw = _real_output(model)
+    maps = OutputAdapter(parse_spec(copy.deepcopy(model.config), "cfg")).maps(raw, 128, 800)
+    np.testing.assert_array_equal(maps, raw.transpose(0, 3, 1, 2))

@@ -9,8 +9,9 @@ numbered version folders, each holding ``model.onnx``::
       segmenter/config.toml
       segmenter/1/model.onnx
 
-The newest version is served unless ``version`` is set in the config. A model whose folder has no
-``config.toml`` may carry the same table as JSON in its ONNX metadata under the key ``edge``.
+The newest version (the highest number) is served unless ``version`` is set in the config. A
+model whose folder has no ``config.toml`` may carry the same table as JSON in its ONNX metadata
+under the key ``edge``.
 Plants serve their own models (Keras ResNet50 at 224x224 NHWC with caffe preprocessing, a
 PyTorch ResNet18 with softmax logits, ...) by writing a config, without retraining.
 """
@@ -25,7 +26,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from edge.settings import format_validation_error
 
@@ -56,6 +64,17 @@ def _same(given: Any, preset: float | tuple[float, ...]) -> bool:
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
+def _one_value(value: Any) -> Any:
+    """A bare number where "one value, or one per channel/class" is allowed: ``mean = 0.0``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (value,)
+    return value
+
+
+# One value for all channels/classes (a number or a 1-list), or one per channel/class.
+OneOrMore = BeforeValidator(_one_value)
+
+
 class ModelConfigError(ValueError):
     """A model folder or config that cannot be served; the message names the file and the key."""
 
@@ -74,8 +93,8 @@ class InputSpec(_Strict):
     # A preset fills scale/mean/std/color_order; explicit keys beside it are an error.
     normalization: Literal["custom", "unit", "imagenet", "caffe"] = "unit"
     scale: float = 1.0 / 255.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[PositiveFloat, ...] = (1.0,)
+    mean: Annotated[tuple[float, ...], OneOrMore] = (0.0,)
+    std: Annotated[tuple[PositiveFloat, ...], OneOrMore] = (1.0,)
 
     @model_validator(mode="before")
     @classmethod
@@ -135,10 +154,10 @@ class OutputSpec(_Strict):
 
 class ThresholdSpec(_Strict):
     # classifier: a tile goes to the segmenter when any class's score reaches its gate.
-    gate: tuple[float, ...] = (0.5,)
+    gate: Annotated[tuple[float, ...], OneOrMore] = (0.5,)
     # segmenter: pixel probability threshold and minimum connected-component area (full-frame px).
-    mask: tuple[float, ...] = (0.5,)
-    min_area: tuple[int, ...] = (0,)
+    mask: Annotated[tuple[float, ...], OneOrMore] = (0.5,)
+    min_area: Annotated[tuple[int, ...], OneOrMore] = (0,)
 
 
 class ModelSpec(_Strict):

@@ -116,22 +116,59 @@ class OutputAdapter:
             probs = softmax(raw, axis=class_axis)
         else:
             probs = raw
-        if self.out.activation == "softmax" and self.out.background_index is not None:
+        if self._drops_background:
             probs = np.delete(probs, self.out.background_index, axis=class_axis)
         if probs.shape[class_axis] != self.spec.num_classes:
-            raise ValueError(
-                f"model {self.spec.name!r} gives {probs.shape[class_axis]} class outputs "
-                f"(after activation {self.out.activation!r}), its config names "
-                f"{self.spec.num_classes} classes {list(self.spec.classes)}"
-            )
+            raise ValueError(self._mismatch(raw.shape[class_axis], list(raw.shape)))
         return probs
+
+    @property
+    def _drops_background(self) -> bool:
+        return self.out.activation == "softmax" and self.out.background_index is not None
+
+    def _expected_channels(self) -> int:
+        """Raw class outputs the config implies: one per class, plus a dropped background."""
+        return self.spec.num_classes + int(self._drops_background)
+
+    def _mismatch(self, channels: int, shape: list[int]) -> str:
+        """Why ``channels`` raw class outputs contradict the config, naming the key to fix."""
+        k = self.spec.num_classes
+        message = (
+            f"model {self.spec.name!r} output has shape {shape}: {channels} class outputs "
+            f"(output.activation = {self.out.activation!r}"
+            + (
+                f", output.background_index = {self.out.background_index}"
+                if self.out.background_index is not None
+                else ""
+            )
+            + f"), but classes = {list(self.spec.classes)} has {k}"
+        )
+        if channels == k + 1 and not self._drops_background:
+            if self.out.activation == "softmax":
+                return (
+                    f"{message}; if the extra output is a background logit, set "
+                    f"output.background_index to its index (0..{k}), else add its class to classes"
+                )
+            return (
+                f"{message}; if the extra output is a background logit, set "
+                f"output.activation = 'softmax' and output.background_index to its index "
+                f"(0..{k}), else add its class to classes"
+            )
+        if channels == k and self._drops_background:
+            return (
+                f"{message}; output.background_index drops one of them: remove "
+                "output.background_index, or add the missing class to classes"
+            )
+        return f"{message}; give classes one name per class output"
 
     def scores(self, raw: np.ndarray) -> np.ndarray:
         """Classifier output (N x K logits or probabilities) -> N x K probabilities."""
         if raw.ndim != 2:
             raise ValueError(
-                f"classifier {self.spec.name!r} output has shape {list(raw.shape)}; expected [N, classes]"
+                f"classifier {self.spec.name!r} output has shape {list(raw.shape)}; expected "
+                f"[N, {self._expected_channels()}] (one per class; check output.name)"
             )
+        self._check_channels(list(raw.shape), axis=1)
         return self._probabilities(raw, class_axis=1)
 
     def maps(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -139,8 +176,9 @@ class OutputAdapter:
         if raw.ndim != 4:
             raise ValueError(
                 f"segmenter {self.spec.name!r} output has shape {list(raw.shape)}; expected 4-D "
-                f"({self.out.layout})"
+                f"(output.layout = {self.out.layout!r}; check output.name)"
             )
+        self._check_channels(list(raw.shape), axis=1 if self.out.layout == "NCHW" else 3)
         if self.out.layout == "NHWC":
             raw = raw.transpose(0, 3, 1, 2)
         probs = self._probabilities(raw, class_axis=1)
@@ -153,3 +191,19 @@ class OutputAdapter:
             out = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
             resized[i] = out.reshape(height, width, -1).transpose(2, 0, 1)
         return resized
+
+    def _check_channels(self, shape: list[int], axis: int) -> None:
+        """Raw class outputs on ``axis`` of an output of this shape, as the config implies."""
+        expected = self._expected_channels()
+        if shape[axis] == expected:
+            return
+        other, other_layout = {1: (3, "NHWC"), 3: (1, "NCHW")}[axis]
+        if len(shape) == 4 and shape[other] == expected:
+            # A segmenter whose class outputs sit on the other layout's axis.
+            raise ValueError(
+                f"segmenter {self.spec.name!r} output has shape {shape}, which does not match "
+                f"output.layout = {self.out.layout!r}: that reads {shape[axis]} class outputs "
+                f"(dim {axis}), but dim {other} has the {expected} its config implies: set "
+                f"output.layout = {other_layout!r}"
+            )
+        raise ValueError(self._mismatch(shape[axis], shape))
