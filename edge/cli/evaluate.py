@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from edge.cli.common import fail
+from edge.cli.line import Progress
 from edge.cli.train import Data, ImageLabels, Labels, dumps, read_holdout
 from edge.tools.training.labels import NUM_CLASSES, LabelledStrip
 from edge.vision.cascade import Cascade
@@ -126,7 +127,8 @@ def eval_command(
     cascade, strips = _load(
         models, data, labels, image_labels, only, exclude, synthetic, synthetic_seed
     )
-    result, outputs = evaluate(cascade, strips)
+    with Progress("evaluating", len(strips), "images") as progress:
+        result, outputs = evaluate(cascade, strips, progress.update)
     table = Table(title=f"{len(strips)} images, models {', '.join(result['models'].values())}")
     for column in (
         "class",
@@ -228,7 +230,12 @@ def tune_command(
     cascade, strips = _load(
         repository, data, labels, image_labels, only, exclude, synthetic, synthetic_seed
     )
-    result = tune(run_models(cascade, strips))
+    with Progress("running the models", len(strips), "images") as progress:
+        outputs = run_models(cascade, strips, progress.update)
+    with Progress(
+        "choosing thresholds", NUM_CLASSES * len(strips), "(class, image) pairs"
+    ) as progress:
+        result = tune(outputs, progress.update)
     if report is not None:
         report.write_text(dumps(result) + "\n")
     classifier, segmenter = cascade.classifier.spec, cascade.segmenter.spec

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
+import time
 from pathlib import Path
-from typing import Annotated
+from types import TracebackType
+from typing import Annotated, Any, TextIO
 
 import typer
 
@@ -19,6 +22,96 @@ from edge.cli.common import (
     fail,
 )
 from edge.logs import configure
+
+# Without a terminal, a plain progress line at most this often (the first one at once).
+PLAIN_EVERY_S = 2.0
+
+
+class Progress:
+    """Progress of a long run on stderr: a Rich bar on a terminal, else a plain line every
+    ``every_s`` seconds (``<what>: <done>/<total> <unit>, <rate>/s``), the first at once.
+
+    The bar is transient and the plain lines are no summary: the command prints its one
+    summary line itself. Call ``update(done)`` from the thread doing the work; as a callback
+    it is ``on_sent``/``on_record``/``progress`` of the loops it watches.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        total: int | None,
+        unit: str,
+        *,
+        every_s: float = PLAIN_EVERY_S,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
+        self._stream = stream
+        self._bar: Any = None
+        self._task: Any = None
+        self._start = time.monotonic()
+        self._last_line: float | None = None
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr if self._stream is None else self._stream
+
+    def __enter__(self) -> Progress:
+        self._start = time.monotonic()
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn() if self.total else TextColumn("{task.completed}"),
+                TextColumn(self.unit + ", {task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.what, total=self.total, rate="-")
+        return self
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        now = time.monotonic()
+        elapsed = now - self._start
+        rate = f"{done / elapsed:.1f}/s" if elapsed > 0 else "-"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=self.total, rate=rate)
+            return
+        if self._last_line is not None and now - self._last_line < self.every_s:
+            return
+        self._last_line = now
+        of = "" if self.total is None else f"/{self.total}"
+        print(f"{self.what}: {done}{of} {self.unit}, {rate}", file=self.stream, flush=True)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _say_waiting(endpoint: str, timeout_s: float) -> None:
+    typer.echo(
+        f"waiting for a subscriber on {endpoint} (up to {timeout_s:g} s, then sending anyway)",
+        err=True,
+    )
 
 
 def camera(
@@ -83,6 +176,7 @@ def camera(
             count=count,
             wait_subscriber_s=wait_subscriber,
             curve=curve,
+            on_waiting=_say_waiting,
         )
     except SecurityError as err:
         raise fail(str(err)) from None
@@ -103,7 +197,11 @@ def record(
     frames: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
 ) -> None:
-    """Record camera messages exactly as received, for replay and tests."""
+    """Record camera messages exactly as received, for replay and tests.
+
+    Progress goes to stderr while it runs. At the end (also on Ctrl-C) it prints one summary
+    line on stderr, "recorded N messages to FILE"; there is no JSON summary.
+    """
     from edge.line.recording import record as record_messages
 
     if not source:
@@ -112,10 +210,26 @@ def record(
     check_endpoint_option(source, bind=bind, option="--source")
     configure()
     stop = threading.Event()
+    done = [0]
+
+    def on_record(n: int) -> None:
+        done[0] = n
+        progress.update(n)
+
     try:
-        n = record_messages(source, out, frames=frames, duration_s=duration, bind=bind, stop=stop)
+        with Progress("recording", frames, "messages") as progress:
+            n = record_messages(
+                source,
+                out,
+                frames=frames,
+                duration_s=duration,
+                bind=bind,
+                stop=stop,
+                on_record=on_record,
+            )
     except KeyboardInterrupt:
         stop.set()
+        typer.echo(f"recorded {done[0]} messages to {out}", err=True)
         raise typer.Exit(130) from None
     typer.echo(f"recorded {n} messages to {out}", err=True)
 
@@ -143,23 +257,30 @@ def replay(
     curve_server_key: CurveServerKey = None,
     curve_client_key: CurveClientKey = None,
 ) -> None:
-    """Publish a recording again, message for message."""
+    """Publish a recording again, message for message.
+
+    Progress goes to stderr while it runs; at the end one summary line on stderr,
+    "replayed N messages".
+    """
     from edge.line.camera import replay as replay_recording
-    from edge.line.recording import RecordingError
+    from edge.line.recording import RecordingError, count_records
     from edge.protocol.curve import SecurityError
 
     curve = curve_pair(curve_server_key, curve_client_key)
     configure()
     try:
-        n = replay_recording(
-            recording,
-            to,
-            fps=fps,
-            as_fast_as_possible=as_fast_as_possible,
-            wait_subscriber_s=wait_subscriber,
-            allow_truncated=allow_truncated,
-            curve=curve,
-        )
+        with Progress("replaying", count_records(recording), "messages") as progress:
+            n = replay_recording(
+                recording,
+                to,
+                fps=fps,
+                as_fast_as_possible=as_fast_as_possible,
+                wait_subscriber_s=wait_subscriber,
+                allow_truncated=allow_truncated,
+                curve=curve,
+                on_sent=progress.update,
+                on_waiting=_say_waiting,
+            )
     except (RecordingError, SecurityError) as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:
@@ -177,11 +298,22 @@ def listen(
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     count: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     status: Annotated[bool, typer.Option(help="Also print the periodic status messages.")] = True,
+    quiet_warn_s: Annotated[
+        float,
+        typer.Option(
+            "--quiet-warn-s",
+            min=0,
+            help="Warn on stderr when nothing at all arrives for this many seconds (0: never).",
+        ),
+    ] = 5.0,
     curve_server_key: CurveServerKey = None,
     curve_client_key: CurveClientKey = None,
 ) -> None:
-    """Print the daemon's events, one line each."""
-    from edge.line.listen import format_event, to_json_line
+    """Print the daemon's events, one line each, on stdout.
+
+    What it listens to, and a warning when the daemon stays silent, go to stderr.
+    """
+    from edge.line.listen import format_event, to_json_line, topics
     from edge.line.listen import listen as listen_events
     from edge.protocol.curve import SecurityError
 
@@ -190,8 +322,25 @@ def listen(
     def show(topic: str, body: dict) -> None:
         typer.echo(to_json_line(body) if json_lines else format_event(topic, body))
 
+    def quiet(seconds: float) -> None:
+        typer.echo(
+            f"no message from {source} for {seconds:g} s: is the daemon running, "
+            "and is this its --publish endpoint?",
+            err=True,
+        )
+
+    prefixes = ", ".join(f"{t}*" for t in topics(status))
+    typer.echo(f"listening to {source} for {prefixes}", err=True)
     try:
-        listen_events(source, show, count=count, status=status, curve=curve)
+        listen_events(
+            source,
+            show,
+            count=count,
+            status=status,
+            curve=curve,
+            quiet_warn_s=quiet_warn_s or None,
+            on_quiet=quiet,
+        )
     except SecurityError as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:

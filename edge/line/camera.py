@@ -288,6 +288,7 @@ def run_camera(
     stop: threading.Event | None = None,
     on_sent: Callable[[int], None] | None = None,
     curve: tuple[Path, Path] | None = None,
+    on_waiting: Callable[[str, float], None] | None = None,
 ) -> int:
     """Bind at ``to`` and publish ``images`` as camera ``camera``; return the frames sent.
 
@@ -295,13 +296,15 @@ def run_camera(
     An item may be ``(image, meta)`` to send header meta. Stops when ``images`` is exhausted,
     ``count`` frames are sent, or ``stop`` is set. Waits up to ``wait_subscriber_s`` for a
     subscriber first, then publishes regardless (as a real camera would). ``on_sent`` gets the
-    running count after each frame. To loop over a folder, pass ``itertools.cycle(...)``.
+    running count after each frame. ``on_waiting(endpoint, timeout_s)`` is called once, before
+    the wait, when no subscriber is there yet. To loop over a folder, pass
+    ``itertools.cycle(...)``.
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {list(ENCODINGS)}")
     sent = 0
     with FramePublisher(to, curve=curve) as pub:
-        _wait_subscriber(pub, wait_subscriber_s, stop)
+        _wait_subscriber(pub, wait_subscriber_s, stop, on_waiting)
         pacer = Pacer(fps, sleep=_sleeper(stop))
         items = iter(images)
         # Checked before pulling the next item, so a lazy loader never reads one image too many.
@@ -330,17 +333,20 @@ def replay(
     stop: threading.Event | None = None,
     allow_truncated: bool = False,
     curve: tuple[Path, Path] | None = None,
+    on_sent: Callable[[int], None] | None = None,
+    on_waiting: Callable[[str, float], None] | None = None,
 ) -> int:
     """Bind at ``to`` and publish every message of the recording at ``path``, parts unchanged.
 
     Pacing follows the recorded receive times unless ``fps`` is given; ``as_fast_as_possible``
     sends without waiting. Returns the messages sent. A truncated recording raises
     RecordingError after its complete records are sent, unless ``allow_truncated``.
+    ``on_sent`` and ``on_waiting`` are called as by ``run_camera``.
     """
     read_info(path)  # a bad file fails here, before anything is bound or waited for
     sent = 0
     with FramePublisher(to, curve=curve) as pub:
-        _wait_subscriber(pub, wait_subscriber_s, stop)
+        _wait_subscriber(pub, wait_subscriber_s, stop, on_waiting)
         pacer = Pacer(fps, sleep=_sleeper(stop))
         for rec in read_recording(path, allow_truncated=allow_truncated):
             if _stopped(stop):
@@ -355,6 +361,8 @@ def replay(
                 break
             pub.send_parts(rec.parts)
             sent += 1
+            if on_sent is not None:
+                on_sent(sent)
     return sent
 
 
@@ -367,8 +375,15 @@ def _sleeper(stop: threading.Event | None) -> Callable[[float], Any]:
     return time.sleep if stop is None else stop.wait
 
 
-def _wait_subscriber(pub: FramePublisher, timeout_s: float, stop: threading.Event | None) -> bool:
+def _wait_subscriber(
+    pub: FramePublisher,
+    timeout_s: float,
+    stop: threading.Event | None,
+    on_waiting: Callable[[str, float], None] | None = None,
+) -> bool:
     """Wait for a subscriber; without one in time, warn and go on, as a real camera would."""
+    if on_waiting is not None and timeout_s > 0 and not pub.has_subscriber:
+        on_waiting(pub.endpoint, timeout_s)
     deadline = time.monotonic() + timeout_s
     while not _stopped(stop):
         left = deadline - time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,27 +72,51 @@ def listen(
     status: bool = True,
     stop: threading.Event | None = None,
     curve: Curve | None = None,
+    quiet_warn_s: float | None = None,
+    on_quiet: Callable[[float], None] | None = None,
 ) -> int:
-    """Call ``on_event(topic, body)`` for each message until ``count`` events or ``stop``."""
+    """Call ``on_event(topic, body)`` for each message until ``count`` events or ``stop``.
+
+    With ``quiet_warn_s`` and ``on_quiet``, ``on_quiet(seconds)`` is called once when nothing
+    at all has arrived for that long, and again only after messages came and stopped again.
+    The daemon publishes a status every ``status_interval_s`` (1 s by default), so silence means
+    no daemon on ``source``: the status topic is then subscribed even without ``status``, only
+    to hear it, and its messages are not passed to ``on_event``.
+    """
+    warn_after = quiet_warn_s if quiet_warn_s and quiet_warn_s > 0 and on_quiet else None
     context = zmq.Context.instance()
-    sock = subscribe(context, source, status=status, curve=curve)
+    sock = subscribe(context, source, status=status or warn_after is not None, curve=curve)
     seen = 0
+    last = time.monotonic()
+    warned = False
     try:
         while (count is None or seen < count) and not (stop and stop.is_set()):
             if not sock.poll(100):
+                quiet_s = time.monotonic() - last
+                if warn_after is not None and on_quiet and not warned and quiet_s >= warn_after:
+                    warned = True
+                    on_quiet(warn_after)
                 continue
             parts = sock.recv_multipart()
+            last, warned = time.monotonic(), False
             try:
                 topic, body = parse_event(parts)
             except (ProtocolError, ValueError) as err:
                 on_event("invalid", {"kind": "invalid", "reason": str(err)})
                 continue
+            if topic.startswith(STATUS_TOPIC_PREFIX) and not status:
+                continue  # subscribed only to hear that the daemon is there
             on_event(topic, body)
             if topic.startswith(EVENT_TOPIC_PREFIX):
                 seen += 1
     finally:
         sock.close()
     return seen
+
+
+def topics(status: bool = True) -> list[str]:
+    """The topic prefixes ``listen`` passes on."""
+    return [EVENT_TOPIC_PREFIX, STATUS_TOPIC_PREFIX] if status else [EVENT_TOPIC_PREFIX]
 
 
 def to_json_line(body: dict[str, Any]) -> str:

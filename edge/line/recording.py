@@ -176,6 +176,21 @@ def read_info(path: Path) -> dict[str, Any]:
     return header
 
 
+def count_records(path: Path) -> int:
+    """How many whole records ``path`` holds, up to the first bad or partial one (a quick pass
+    that decodes no record; for progress, so it never raises for what ``read_recording`` would
+    report on its own)."""
+    fh, unpacker, _ = _open_and_read_header(Path(path))
+    with fh:
+        count = 0
+        while True:
+            try:
+                unpacker.skip()
+            except Exception:  # OutOfData at the end; msgpack raises several types for garbage
+                return count
+            count += 1
+
+
 def read_recording(path: Path, *, allow_truncated: bool = False) -> Iterator[Record]:
     """Yield the records of ``path`` in order, streaming (one record in memory at a time).
 
@@ -279,5 +294,6 @@ def record(
                     on_record(writer.count)
         finally:
             sock.close(linger=0)
-        log.info("recording finished", messages=writer.count, path=os.fspath(out))
+        # Debug only: the CLI prints the one summary a user reads (and a script can parse).
+        log.debug("recording finished", messages=writer.count, path=os.fspath(out))
         return writer.count

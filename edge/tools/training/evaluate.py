@@ -10,7 +10,7 @@ Two views of the same strips:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +35,18 @@ class StripOutputs:
     deployed: np.ndarray  # bool, 4 x H x W: masks the daemon would publish
 
 
-def run_models(cascade: Cascade, strips: Iterable[LabelledStrip]) -> list[StripOutputs]:
+# Told (strips done, strips in all, or None when the iterable has no length) after each strip.
+ProgressCallback = Callable[[int, int | None], None]
+
+
+def run_models(
+    cascade: Cascade,
+    strips: Iterable[LabelledStrip],
+    progress: ProgressCallback | None = None,
+) -> list[StripOutputs]:
     outputs = []
     spec = cascade.segmenter.spec
+    total = len(strips) if isinstance(strips, Sized) else None
     for strip in strips:
         image = strip.image
         work, scores = cascade.classify([image])
@@ -66,6 +75,8 @@ def run_models(cascade: Cascade, strips: Iterable[LabelledStrip]) -> list[StripO
                 deployed=deployed,
             )
         )
+        if progress is not None:
+            progress(len(outputs), total)
     return outputs
 
 
@@ -144,9 +155,11 @@ def segmentation_report(outputs: list[StripOutputs]) -> dict[str, Any]:
 
 
 def evaluate(
-    cascade: Cascade, strips: list[LabelledStrip]
+    cascade: Cascade,
+    strips: list[LabelledStrip],
+    progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, Any], list[StripOutputs]]:
-    outputs = run_models(cascade, strips)
+    outputs = run_models(cascade, strips, progress)
     report = {
         "models": cascade.model_ids,
         "images": [s.image_id for s in strips],

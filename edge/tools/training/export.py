@@ -12,14 +12,15 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import onnx
-import torch
+from typing import TYPE_CHECKING, Any
 
 from build_engine.sidecar import atomic_write
 from edge.tools.synthetic import CLASS_NAMES
 from edge.vision.modelspec import CONFIG_FILE, METADATA_KEY, MODEL_FILE, ModelSpec
+
+if TYPE_CHECKING:  # torch and onnx only where a model is exported: `edge tune` writes configs
+    import onnx
+    import torch
 
 TRAINING_KEY = "edge.training"
 TRAINING_FILE = "training.json"
@@ -85,6 +86,9 @@ def export(
     version: int | None = None,
 ) -> Path:
     """Write the model as a new version of ``out/<spec.name>``; returns the ONNX path."""
+    import onnx
+    import torch
+
     model_dir = out / spec.name
     version = version or next_version(model_dir)
     version_dir = model_dir / str(version)

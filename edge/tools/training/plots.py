@@ -22,7 +22,7 @@ def _pyplot() -> Any:
         import matplotlib
     except ImportError:
         raise RuntimeError(
-            "PNG plots need matplotlib: pip install 'edge[train]' (or run without --report)"
+            "PNG plots need matplotlib: pip install 'edge[report]' (or run without --report)"
         ) from None
     matplotlib.use("Agg")  # no screen on a line PC
     import matplotlib.pyplot as plt

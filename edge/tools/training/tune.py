@@ -19,6 +19,7 @@ class passes, and these gates are a close approximation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ import cv2
 import numpy as np
 
 from edge.tools.training import metrics
-from edge.tools.training.evaluate import StripOutputs
+from edge.tools.training.evaluate import ProgressCallback, StripOutputs
 from edge.tools.training.labels import NUM_CLASSES
 
 MASK_STEPS = np.round(np.arange(0.05, 1.0, 0.05), 2)
@@ -69,9 +70,15 @@ def tune_mask(outputs: list[StripOutputs], k: int) -> Choice:
 
 
 def tune_gate_and_area(
-    outputs: list[StripOutputs], k: int, mask_threshold: float
+    outputs: list[StripOutputs],
+    k: int,
+    mask_threshold: float,
+    on_strip: Callable[[], None] | None = None,
 ) -> tuple[Choice, Choice]:
-    """The gate and min_area that, applied as the daemon does, give the best mean Dice."""
+    """The gate and min_area that, applied as the daemon does, give the best mean Dice.
+
+    ``on_strip()`` is called after each strip's sweep (the slow part of ``edge tune``).
+    """
     known = [o for o in outputs if o.strip.mask_known[k]]
     if not known or not any(o.strip.present[k] for o in known):
         return Choice(0.5, None, []), Choice(0, None, [])
@@ -92,6 +99,8 @@ def tune_gate_and_area(
                 total = int(kept.sum()) + truth_total
                 inter = int((kept & pixel_truth).sum())
                 scores[i, j] += 1.0 if total == 0 else 2.0 * inter / total
+        if on_strip is not None:
+            on_strip()
     scores /= len(known)
     best = float(scores.max())
     j = int(np.flatnonzero((scores >= best - 1e-9).any(axis=0))[0])  # the smallest min_area
@@ -102,13 +111,28 @@ def tune_gate_and_area(
     return Choice(float(GATE_STEPS[i]), best, by_gate), Choice(float(MIN_AREAS[j]), best, by_area)
 
 
-def tune(outputs: list[StripOutputs]) -> dict[str, Any]:
-    """Chosen thresholds per class, with every sweep for the report."""
+def tune(outputs: list[StripOutputs], progress: ProgressCallback | None = None) -> dict[str, Any]:
+    """Chosen thresholds per class, with every sweep for the report.
+
+    ``progress(done, total)`` counts (class, strip) pairs swept: ``total`` is 4 x strips.
+    """
     chosen: dict[str, list[float]] = {"gate": [], "mask": [], "min_area": []}
     details: dict[str, Any] = {}
+    total = NUM_CLASSES * len(outputs)
+    done = 0
+
+    def on_strip() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
     for k in range(NUM_CLASSES):
         mask = tune_mask(outputs, k)
-        gate, area = tune_gate_and_area(outputs, k, mask.value)
+        gate, area = tune_gate_and_area(outputs, k, mask.value, on_strip)
+        if progress is not None and done < (k + 1) * len(outputs):
+            done = (k + 1) * len(outputs)  # strips without labels for class k: nothing to sweep
+            progress(done, total)
         chosen["mask"].append(mask.value)
         chosen["min_area"].append(int(area.value))
         chosen["gate"].append(gate.value)
