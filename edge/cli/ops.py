@@ -1,4 +1,4 @@
-"""Operations commands: reload, keygen, install-service (registered in ``edge.main``)."""
+"""Operations commands: reload, keygen, install-service (registered in ``edge.cli.main``)."""
 
 from __future__ import annotations
 

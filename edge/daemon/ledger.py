@@ -3,7 +3,7 @@
 Counts what happened to every frame (received = results + rejects + drops, once the daemon has
 drained) and follows each camera's ``seq`` to report runs it never received (gaps) and restarts.
 It also knows which received frames still wait for their event, so the last seq whose event
-left can be kept across a crash (``edge.seqstate``): a restarted daemon reports what fell
+left can be kept across a crash (``edge.daemon.seqstate``): a restarted daemon reports what fell
 between as a gap instead of starting a new baseline.
 
 The camera table is bounded (``max_cameras``): forged ids cannot grow the counters, the status

@@ -18,7 +18,7 @@ taken and not yet sent.
                                                    messages queued, one more held by its engine
     decoding   4 M + 12 x (P + 31 (H + W) + 961)   the receiver's message in hand, decoded
                + 3 MiB                             (JPEG coefficients, output, RGB copy, payload
-                                                   copies; edge.frames states each decoder's)
+                                                   copies; edge.daemon.frames states each decoder's)
     queued     queue_size x 3 P                    decoded frames waiting
     inferring  workers x 2 x (3 B + 4 K x T x A)   per worker one batch on the models and one
                                                    waiting for the publisher: pixels, and float32
@@ -64,9 +64,9 @@ from edge.vision.postprocess import MAX_COMPONENTS, MAX_MASK_RUNS
 RGB = 3  # decoded bytes per pixel at most
 FLOAT = 4  # the models' probabilities are float32
 # Decoding one frame, per pixel: a progressive JPEG's DCT coefficients (2 bytes per sample, 3
-# components), the decoder's output and decode_pixels' RGB copy (PNG needs less: edge.frames).
+# components), the decoder's output and decode_pixels' RGB copy (PNG needs less: edge.daemon.frames).
 DECODE_BYTES = 12
-DECODE_FIXED = 3 << 20  # PNG's inflated metadata budget, three copies (edge.frames)
+DECODE_FIXED = 3 << 20  # PNG's inflated metadata budget, three copies (edge.daemon.frames)
 # One component of a result, as Python objects: the {"bbox", "area_px"} dict (192 bytes with
 # its keys table), the bbox list (96), its slot in the list of components (8), and two ints
 # past the small-int cache (x, y: 32 each). Measured (tracemalloc): 314 to 332 bytes.
@@ -156,7 +156,7 @@ def memory_bound(
     run_chars = 2 * len(str(pixels)) + 2
     event = components_per_pixel * COMPONENT_BYTES + runs_per_pixel * run_chars
     # Whatever the content, a result lists at most MAX_COMPONENTS components and MAX_MASK_RUNS
-    # runs per class (edge.postprocess), and a frame's meta is at most MAX_HEADER_BYTES on the
+    # runs per class (edge.vision.postprocess), and a frame's meta is at most MAX_HEADER_BYTES on the
     # wire; a batch holds at most max_batch frames (each is one tile at least).
     meta = META_EXPANSION * MAX_HEADER_BYTES
     event_cap = classes * (MAX_COMPONENTS * COMPONENT_BYTES + MAX_MASK_RUNS * run_chars) + meta

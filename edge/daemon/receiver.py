@@ -4,7 +4,7 @@ It owns the camera socket (ZeroMQ sockets are not thread-safe): it reads each me
 it (header, frame limits, camera table) and decodes it, reports gaps and camera restarts from
 the seqs, queues the frame for inference, and turns whatever cannot go on into its event right
 here: a ``reject`` for a bad frame, a ``drop`` for one the full queue pushed out. It also
-follows the sources the daemon connects to (``edge.sources.SourceWatch``): a lost one is logged,
+follows the sources the daemon connects to (``edge.daemon.sources.SourceWatch``): a lost one is logged,
 counted and published (``source_lost``), reconnected if libzmq gave up on it, and published
 again when it is back (``source_restored``). Events go to the publisher thread through the
 outbox.

@@ -1,7 +1,7 @@
 """The wire protocol, version 1: what crosses ZeroMQ between cameras, the daemon and subscribers.
 
 This module is the contract a bridge author reads (docs/protocol.md says the same in prose). It
-depends only on msgpack and numpy; image decoding lives in ``edge.frames``.
+depends only on msgpack; image decoding lives in ``edge.daemon.frames``.
 
 Camera -> daemon, a multipart message of three frames:
     1. topic   ``frame/<camera_id>`` (UTF-8)

@@ -1,7 +1,7 @@
 """The in-process modes: bare models (backend), the daemon's cascade (pipeline), the naive way.
 
 The backend and pipeline modes run as the daemon runs its models: one stream per inference
-worker, each on its own copy of the models (``edge.replicas``), all at once; the ceiling is
+worker, each on its own copy of the models (``edge.vision.replicas``), all at once; the ceiling is
 then what the bare models do in the daemon's own arrangement. Naive is one stream on one
 session over all cores, the way the seed scripts ran. Each mode is measured in slices
 (``run_for``) that the runner interleaves, so work elsewhere on the machine that comes and goes

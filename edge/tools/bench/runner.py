@@ -31,7 +31,7 @@ __all__ = ["MODES", "BenchSettings", "run_bench", "worker_plan", "write_json"]
 
 MODES: Final = ("backend", "pipeline", "naive", "e2e")
 FORMAT_VERSION: Final = 1
-DAEMON_MAX_BATCH: Final = 32  # edge.config.Config.max_batch
+DAEMON_MAX_BATCH: Final = 32  # edge.daemon.config.Config.max_batch
 BACKEND_BETWEEN_STEPS_S: Final = 1.0  # bare-model sampling after each e2e step
 
 
@@ -80,7 +80,7 @@ def _gated_tiles_per_strip(cascade: Cascade, pool: StripPool) -> float:
 
 
 def worker_plan(settings: BenchSettings) -> WorkerPlan:
-    """The daemon's plan for these settings on this machine (``edge.replicas``)."""
+    """The daemon's plan for these settings on this machine (``edge.vision.replicas``)."""
     gpu = runs_on_gpu(settings.backend, settings.engines)  # type: ignore[arg-type]
     return plan_workers(settings.workers, settings.threads, cores=usable_cores(), gpu=gpu)
 

@@ -52,7 +52,7 @@ class StripPool:
 def synthetic_pool(count: int, defect_rate: float, seed: int = 0) -> StripPool:
     """``count`` strips of which exactly round(defect_rate * count) are defective, shuffled.
 
-    Classes are picked the way ``edge.synthetic.strip_stream`` picks them (1-2 per defective
+    Classes are picked the way ``edge.tools.synthetic.strip_stream`` picks them (1-2 per defective
     strip, stream weights), but the defective share is exact rather than a coin flip per strip,
     so a short run measures the rate it was asked for.
     """
