@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zmq
 
-from edge.cli.line import Progress
+from edge.cli.progress import Progress
 from edge.line.camera import run_camera
 from edge.line.listen import listen
 from edge.protocol.messages import VERSION, pack, status_topic

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from edge.cli.common import fail
-from edge.cli.line import Progress
+from edge.cli.progress import Progress
 from edge.cli.train import Data, ImageLabels, Labels, dumps, read_holdout
 from edge.tools.training.labels import NUM_CLASSES, LabelledStrip
 from edge.vision.cascade import Cascade
