@@ -156,11 +156,32 @@ class RateLimiter:
         )
 
 
+class _StderrHandler(logging.Handler):
+    """The stdlib side of ``StderrLogger``: each record to the current ``sys.stderr``, never
+    raising (a third-party library's warning must not kill the thread that logged it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a bad %-format in a library's call: say so, do not raise
+            line = f"unformattable log record from {record.name}: {record.msg!r}"
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=sys.stderr, flush=True)
+
+
+# Third-party libraries (asyncua, pymodbus) log through the standard library; their records
+# go through the same renderer as ours, at this level and above unless ours is higher.
+STDLIB_LEVEL = logging.WARNING
+
+
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
+    """structlog's lines and the standard library's (third-party libraries), rendered alike:
+    one JSON object a line in json mode, on whatever ``sys.stderr`` is at the time."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
+    numeric_level = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -171,7 +192,34 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=StderrLogger,
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(renderer, max(STDLIB_LEVEL, numeric_level))
+
+
+def _route_stdlib(renderer: structlog.typing.Processor, level: int) -> None:
+    """One handler on the root logger, replacing the one an earlier ``configure`` put there."""
+    handler = _StderrHandler(level)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.StackInfoRenderer(),
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 import zmq
 
 from edge.daemon.config import load_config
@@ -20,6 +21,14 @@ from edge.protocol import STATUS_TOPIC_PREFIX, parse_event
 from tests.tiny_models import write_tiny_repository
 
 SEVERSTAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "severstal_dev"
+
+
+@pytest.fixture(autouse=True)
+def default_logging() -> Iterator[None]:
+    """A command run in-process (CliRunner) configures structlog for the whole process: put the
+    defaults back, so a later test's captured logs do not depend on the order tests run in."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

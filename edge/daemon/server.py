@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 import zmq
 
-from edge import protocol
+from edge import __version__, protocol
 from edge.daemon import seqstate
 from edge.daemon.config import Config
 from edge.daemon.frames import Frame
@@ -194,6 +194,7 @@ class Server:
         workers = self._start_threads(publisher, receiver, replicas)
         log.info(
             "daemon ready",
+            version=__version__,
             publish=self.publish_endpoint,
             sources=cfg.sources,
             bind_sources=self.bound_sources,

@@ -110,20 +110,25 @@ def load_replicas(
     engines: Path | None = None,
     rebuild_stale: bool = False,
 ) -> Replicas:
-    """``plan.workers`` cascades of the same models, each loaded and self-tested."""
+    """``plan.workers`` cascades of the same models, each loaded and self-tested.
+
+    The first copy logs `backend chosen` for each model, with ``copies``; the others load the
+    same way and say nothing more.
+    """
     cascades: list[Cascade] = []
     try:
-        for _ in range(plan.workers):
-            cascades.append(
-                Cascade.load(
-                    models,
-                    backend,
-                    max_batch=max_batch,
-                    threads=plan.threads,
-                    engines=engines,
-                    rebuild_stale=rebuild_stale,
+        for index in range(plan.workers):
+            with auto.choice_line({"copies": plan.workers} if index == 0 else None):
+                cascades.append(
+                    Cascade.load(
+                        models,
+                        backend,
+                        max_batch=max_batch,
+                        threads=plan.threads,
+                        engines=engines,
+                        rebuild_stale=rebuild_stale,
+                    )
                 )
-            )
     except BaseException:
         for cascade in cascades:
             cascade.close()

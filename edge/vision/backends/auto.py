@@ -7,9 +7,12 @@ onnxruntime-gpu offers them, else on the CPU. The reason goes into the log line.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -21,6 +24,21 @@ BackendName = Literal["onnxruntime", "tensorrt", "auto"]
 BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "auto")
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 log = structlog.get_logger(__name__)
+# What `backend chosen` adds to its line, or None for no line: one load of N copies of the
+# models says it once per model (edge.vision.replicas), not once per copy.
+_CHOICE_LINE: ContextVar[tuple[tuple[str, Any], ...] | None] = ContextVar(
+    "edge_backend_choice_line", default=()
+)
+
+
+@contextlib.contextmanager
+def choice_line(extra: dict[str, Any] | None) -> Iterator[None]:
+    """Within the block, ``create`` adds ``extra`` to its `backend chosen` line; None: no line."""
+    token = _CHOICE_LINE.set(None if extra is None else tuple(extra.items()))
+    try:
+        yield
+    finally:
+        _CHOICE_LINE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -86,13 +104,16 @@ def create(
     if requested not in BACKENDS:
         raise BackendError(f"unknown backend {requested!r}; use one of {list(BACKENDS)}")
     choice = choose(requested, engines=engines, facts=facts)
-    log.info(
-        "backend chosen",
-        model=files.model_id,
-        backend=choice.backend,
-        requested=requested,
-        reason=choice.reason,
-    )
+    extra = _CHOICE_LINE.get()
+    if extra is not None:
+        log.info(
+            "backend chosen",
+            model=files.model_id,
+            backend=choice.backend,
+            requested=requested,
+            reason=choice.reason,
+            **dict(extra),
+        )
     if choice.backend == "tensorrt":
         return _tensorrt(files, sample_shape, max_batch, engines, rebuild_stale, facts)
     from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
