@@ -5,10 +5,6 @@ received = results + rejects + drops)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -19,7 +15,8 @@ import pytest
 import zmq
 
 from edge.protocol import STATUS_TOPIC_PREFIX, parse_event
-from tests.conftest import free_port, gray_strip
+from tests.conftest import gray_strip
+from tests.daemon_process import DaemonProcess
 from tests.test_server import frame_parts, per_frame
 
 CAMERAS = ("cam1", "cam2")
@@ -31,95 +28,44 @@ def overload_and_stop(
 ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, int], float, int, str]:
     """Flood a daemon process from two cameras, SIGTERM it, and return every message a
     subscriber got (in order), what each camera sent, the flood's length, and how it exited."""
-    source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    config = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-final-status-{os.getpid()}.toml"
     # Frequent periodic statuses: one is likely to be taken while the drain is under way.
-    config.write_text("rcvhwm = 50\nstatus_interval_s = 0.1\n")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli.main", "run", "--config", str(config), "--bind-source",
-         source, "--publish", publish, "--models", str(tiny_repo), "--threads", "1",
-         "--workers", str(workers), "--queue-size", "16", "--log-format", "json",
-         "--log-level", "warning"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    stderr_lines: list[str] = []
-    # Read stderr all along: a full pipe would stall the daemon's logging threads.
-    drain_stderr = threading.Thread(target=lambda: stderr_lines.extend(daemon.stderr or []))
-    drain_stderr.start()
-    context = zmq.Context()
-    sub = context.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    messages: list[tuple[str, dict[str, Any]]] = []
-    daemon_gone = threading.Event()
-
-    def listen() -> None:
-        # Until the daemon has exited and nothing more came for a second: everything it
-        # published and ZeroMQ delivered is read, so nothing is missed by stopping early.
-        quiet_since = None
-        while True:
-            if sub.poll(50):
-                messages.append(parse_event(sub.recv_multipart()))
-                quiet_since = None
-            elif daemon_gone.is_set():
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since > 1.0:
-                    return
-
+    config = "rcvhwm = 50\nstatus_interval_s = 0.1\n"
+    flags = ("--workers", str(workers), "--queue-size", "16", "--log-level", "warning")
     busy = gray_strip()
     busy[::7, ::7] = 0  # every tile is flagged and segmented: the slowest path
-    cams = {name: context.socket(zmq.XPUB) for name in CAMERAS}
-    sent = dict.fromkeys(cams, 0)
-    stop_flood = threading.Event()
-    flood_time: list[float] = []
+    with DaemonProcess(tiny_repo, *flags, config=config) as daemon:
+        listener = daemon.listener().start(first_within_s=60)  # its first status: subscribed
+        cams = {name: daemon.camera(SNDHWM=100) for name in CAMERAS}
+        sent = dict.fromkeys(cams, 0)
+        stop_flood = threading.Event()
+        flood_time: list[float] = []
 
-    def flood() -> None:
-        start = time.monotonic()
-        while not stop_flood.is_set():
-            for name, sock in cams.items():
-                try:
-                    sock.send_multipart(frame_parts(name, sent[name], busy), zmq.NOBLOCK)
-                except zmq.Again:
-                    continue  # our own buffer is full: not sent, so not counted
-                sent[name] += 1
-        flood_time.append(time.monotonic() - start)
+        def flood() -> None:
+            start = time.monotonic()
+            while not stop_flood.is_set():
+                for name, sock in cams.items():
+                    try:
+                        sock.send_multipart(frame_parts(name, sent[name], busy), zmq.NOBLOCK)
+                    except zmq.Again:
+                        continue  # our own buffer is full: not sent, so not counted
+                    sent[name] += 1
+            flood_time.append(time.monotonic() - start)
 
-    listener = threading.Thread(target=listen)
-    flooder = threading.Thread(target=flood)
-    try:
-        sub.connect(publish)
-        assert sub.poll(60000), "daemon did not start"  # its first status: subscribed
-        listener.start()
-        for sock in cams.values():
-            sock.setsockopt(zmq.SNDHWM, 100)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(source)
-            assert sock.poll(10000), "the daemon never subscribed"
-            sock.recv()
-        flooder.start()
-        time.sleep(flood_s)
-        if not sigterm_while_flooding:
+        flooder = threading.Thread(target=flood)
+        try:
+            flooder.start()
+            time.sleep(flood_s)
+            if not sigterm_while_flooding:
+                stop_flood.set()
+                flooder.join()
+            daemon.terminate()
+            daemon.wait(60)
+        finally:
             stop_flood.set()
-            flooder.join()
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=60)
-    finally:
-        stop_flood.set()
-        if flooder.is_alive():
-            flooder.join()
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        daemon_gone.set()
-        if listener.is_alive():
-            listener.join(30)
-        drain_stderr.join(10)
-        for sock in [*cams.values(), sub]:
-            sock.close(0)
-        context.term()
-        config.unlink()
-    return messages, sent, flood_time[0], daemon.returncode, "".join(stderr_lines)
+            if flooder.is_alive():
+                flooder.join()
+        listener.until_quiet_after_exit()
+    return listener.messages, sent, flood_time[0], daemon.returncode, daemon.stderr
 
 
 def check_final_status(

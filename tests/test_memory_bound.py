@@ -4,11 +4,6 @@ hostile but legal traffic staying below the bound its own config gives."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import tomllib
 import tracemalloc
@@ -25,12 +20,13 @@ from edge.daemon.frames import Frame
 from edge.daemon.inference import SPARE_TICKETS, TICKETS_PER_WORKER
 from edge.daemon.memory import META_EXPANSION, MemoryBound, largest_frame_tiles, memory_bound
 from edge.daemon.sinks import result_events
-from edge.protocol import MAX_HEADER_BYTES, FrameHeader, encode_frame, parse_event
+from edge.protocol import MAX_HEADER_BYTES, FrameHeader, encode_frame
 from edge.vision.cascade import Cascade
-from tests.conftest import free_port, gray_strip
-from tests.test_overload import rss_mb
+from tests.conftest import gray_strip
+from tests.daemon_process import DaemonProcess
 
 SOURCE = "tcp://127.0.0.1:5555"
+PER_FRAME = ("result", "reject", "drop")
 
 
 @pytest.fixture(scope="module")
@@ -231,63 +227,32 @@ def run_daemon_under_hostile_traffic(tiny_repo: Path, toml: str, *flags: str) ->
     """A daemon process warmed up on full batches of every frame kind, then two cameras offering
     it those frames as fast as loopback takes them for OVERLOAD_SECONDS, each second an 8192 x
     8192 JPEG; returns what was sent, seen and measured."""
-    source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-memory-{os.getpid()}.toml"
-    path.write_text(toml)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli.main", "run", "--config", str(path), "--bind-source", source,
-         "--publish", publish, "--models", str(tiny_repo), "--threads", "1", "--workers", "2",
-         "--log-format", "json", "--log-level", "error", *flags],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
     frames, jpeg = hostile_frames(), huge_jpeg()
-    context = zmq.Context()
-    sub = context.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    events: list[dict[str, Any]] = []
-    statuses: list[dict[str, Any]] = []
-    stop_listening = threading.Event()
+    flags = ("--workers", "2", "--log-level", "error", *flags)
+    with DaemonProcess(tiny_repo, *flags, config=toml) as daemon:
+        # Only a summary of each per-frame event: a result of a large dotted frame is ~23 MB.
+        listener = daemon.listener(lambda b: summary(b) if b["kind"] in PER_FRAME else None)
+        listener.start(first_within_s=60)
+        events, statuses = listener.events, listener.statuses
+        # XPUB_NODROP: full means "not sent" (Again), never a silent loss, so every JPEG
+        # reaches the daemon; SNDTIMEO bounds how long a blocking send waits for room.
+        cams = {name: daemon.camera(SNDHWM=20, XPUB_NODROP=1, SNDTIMEO=10000)
+                for name in ("cam1", "cam2")}  # fmt: skip
+        sent = dict.fromkeys(cams, 0)
+        jpegs: list[tuple[str, int]] = []
+        largest = 0
 
-    def listen() -> None:
-        while not stop_listening.is_set():
-            if sub.poll(50):
-                topic, body = parse_event(sub.recv_multipart())
-                if topic.startswith("status/"):
-                    statuses.append(body)
-                elif body["kind"] in ("result", "reject", "drop"):
-                    events.append(summary(body))
+        def send(name: str, image: np.ndarray | None, flags: int = 0) -> bool:
+            nonlocal largest
+            parts = message(name, sent[name], image, jpeg)
+            try:
+                cams[name].send_multipart(parts, flags)
+            except zmq.Again:
+                return False  # our own buffer is full: not sent, so not counted
+            largest = max(largest, sum(len(p) for p in parts))
+            sent[name] += 1
+            return True
 
-    cams = {name: context.socket(zmq.XPUB) for name in ("cam1", "cam2")}
-    sent = dict.fromkeys(cams, 0)
-    jpegs: list[tuple[str, int]] = []
-    largest = 0
-    listener = threading.Thread(target=listen)
-
-    def send(name: str, image: np.ndarray | None, flags: int = 0) -> bool:
-        nonlocal largest
-        parts = message(name, sent[name], image, jpeg)
-        try:
-            cams[name].send_multipart(parts, flags)
-        except zmq.Again:
-            return False  # our own buffer is full: not sent, so not counted
-        largest = max(largest, sum(len(p) for p in parts))
-        sent[name] += 1
-        return True
-
-    try:
-        sub.connect(publish)
-        assert sub.poll(60000), "daemon did not start"
-        listener.start()
-        for sock in cams.values():
-            sock.setsockopt(zmq.SNDHWM, 20)
-            # Full means "not sent" (Again), never a silent loss: every JPEG reaches the daemon.
-            sock.setsockopt(zmq.XPUB_NODROP, 1)
-            sock.setsockopt(zmq.SNDTIMEO, 10000)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(source)
-            assert sock.poll(10000)
-            sock.recv()
         # Warm up on full batches the daemon serves, so both workers' working sets at
         # max_batch and the publisher's on the largest batches are reached first: that is the
         # daemon's size, not an effect of overload.
@@ -296,10 +261,10 @@ def run_daemon_under_hostile_traffic(tiny_repo: Path, toml: str, *flags: str) ->
             kinds = ["wide", "tall"] if round_ % 2 else ["tall", "wide"]
             for name, kind in [("cam1", "strip")] * 4 + [("cam2", k) for k in kinds]:
                 send(name, frames[kind])
-            while len(events) < 6 * (round_ + 1):
-                assert time.monotonic() < deadline, "warm-up frames were not served"
-                time.sleep(0.02)
-        warmed_mb = rss_mb(daemon.pid, "VmHWM")
+            assert listener.wait_for(
+                lambda round_=round_: len(events) >= 6 * (round_ + 1), deadline - time.monotonic()
+            ), "warm-up frames were not served"
+        warmed_mb = daemon.rss_mb("VmHWM")
         warm_up = len(events)
         start = next_jpeg = time.monotonic()
         turn = 0
@@ -314,29 +279,19 @@ def run_daemon_under_hostile_traffic(tiny_repo: Path, toml: str, *flags: str) ->
             turn += 1
             time.sleep(0.001)  # the listener (this process) keeps up: nothing piles up in PUB
         elapsed = time.monotonic() - start
-        overloaded_mb = rss_mb(daemon.pid, "VmHWM")
+        overloaded_mb = daemon.rss_mb("VmHWM")
         time.sleep(0.5)
-        daemon.send_signal(signal.SIGTERM)
+        daemon.terminate()
         peak_mb = overloaded_mb  # the drain serves what is queued: it counts too
         while daemon.poll() is None:
             try:
-                peak_mb = max(peak_mb, rss_mb(daemon.pid, "VmHWM"))
+                peak_mb = max(peak_mb, daemon.rss_mb("VmHWM"))
             except (OSError, AssertionError):
                 break  # exiting
             time.sleep(0.05)
-        _, stderr = daemon.communicate(timeout=60)
+        daemon.wait(60)
         time.sleep(0.5)
-    finally:
-        stop_listening.set()
-        if listener.is_alive():
-            listener.join()
-        if daemon.poll() is None:
-            daemon.kill()
-        for sock in [*cams.values(), sub]:
-            sock.close(0)
-        context.term()
-        path.unlink()
-    assert daemon.returncode == 0, stderr[-2000:]
+    assert daemon.returncode == 0, daemon.stderr[-2000:]
     return {"sent": sent, "jpegs": jpegs, "largest": largest, "events": events,
             "final": statuses[-1]["cameras"], "warm_up": warm_up, "elapsed": elapsed,
             "warmed_mb": warmed_mb, "overloaded_mb": overloaded_mb, "peak_mb": peak_mb}  # fmt: skip

@@ -151,32 +151,20 @@ def test_edge_run_speaks_to_systemd_as_a_real_process(
 ) -> None:
     """What systemd sees of `edge run`: READY, pings, RELOADING/READY on SIGHUP, STOPPING."""
     import signal
-    import subprocess
-    import sys
 
-    from tests.conftest import free_port
+    from tests.daemon_process import DaemonProcess
 
     path, listener = notify_socket
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli.main", "run", "--bind-source",
-         f"tcp://127.0.0.1:{free_port()}", "--publish", f"tcp://127.0.0.1:{free_port()}",
-         "--models", str(tiny_repo), "--threads", "1", "--log-format", "json"],
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "600000"},
-    )  # fmt: skip
-    try:
+    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "600000"}
+    with DaemonProcess(tiny_repo, env=env) as daemon:
         assert listener.wait_for("READY", 60)["READY"] == "1"
         assert listener.wait_for("WATCHDOG")["WATCHDOG"] == "1"
         daemon.send_signal(signal.SIGHUP)
         assert listener.wait_for("RELOADING")["RELOADING"] == "1"
         assert "reloaded" in listener.wait_for("READY", 30)["STATUS"]
-        daemon.send_signal(signal.SIGTERM)
+        daemon.terminate()
         assert listener.wait_for("STOPPING", 30)["STOPPING"] == "1"
         assert daemon.wait(30) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
 
 
 def test_watchdog_pings_go_on_while_a_slow_reload_loads_models(

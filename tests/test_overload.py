@@ -3,21 +3,16 @@ received is accounted for, and a subscriber that stops reading never holds the d
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import zmq
 
-from edge.protocol import parse_event
-from tests.conftest import free_port, gray_strip
+from tests.conftest import gray_strip
+from tests.daemon_process import DaemonProcess
 from tests.test_server import frame_parts, per_frame
 
 # Stated bound: at 10x its throughput the daemon's peak RSS grows by less than this over its
@@ -34,56 +29,20 @@ WARM_UP_BURSTS = 10
 WARM_UP_BURST = 8  # frames, over both cameras
 
 
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field} for process {pid}")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for RSS")
 def test_ten_times_overload_keeps_memory_bounded_and_accounts_for_every_frame(
     tiny_repo: Path,
 ) -> None:
-    source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    config = Path(os.environ.get("TMPDIR", "/tmp")) / f"edge-overload-{os.getpid()}.toml"
-    config.write_text("rcvhwm = 50\nsndhwm = 100000\nstatus_interval_s = 0.5\n")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli.main", "run", "--config", str(config), "--bind-source",
-         source, "--publish", publish, "--models", str(tiny_repo), "--threads", "1",
-         "--queue-size", "16", "--log-format", "json", "--log-level", "warning"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    context = zmq.Context()
-    sub = context.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    events: list[dict[str, Any]] = []
-    statuses: list[dict[str, Any]] = []
-    stop_listening = threading.Event()
-
-    def listen() -> None:
-        while not stop_listening.is_set():
-            if sub.poll(50):
-                topic, body = parse_event(sub.recv_multipart())
-                (statuses if topic.startswith("status/") else events).append(body)
-
     busy = gray_strip()
     busy[::7, ::7] = 0  # every tile is flagged and segmented: the slowest path
-    cams = {name: context.socket(zmq.XPUB) for name in ("cam1", "cam2")}
-    sent = dict.fromkeys(cams, 0)
-    listener = threading.Thread(target=listen)
-    try:
-        sub.connect(publish)
-        assert sub.poll(60000), "daemon did not start"
-        listener.start()
-        for sock in cams.values():
-            sock.setsockopt(zmq.SNDHWM, 1000)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(source)
-            assert sock.poll(10000)
-            sock.recv()
+    config = "rcvhwm = 50\nsndhwm = 100000\nstatus_interval_s = 0.5\n"
+    flags = ("--queue-size", "16", "--log-level", "warning")
+    with DaemonProcess(tiny_repo, *flags, config=config) as daemon:
+        listener = daemon.listener().start(first_within_s=60)
+        events, statuses = listener.events, listener.statuses
+        cams = {name: daemon.camera(SNDHWM=1000) for name in ("cam1", "cam2")}
+        sent = dict.fromkeys(cams, 0)
         # Warm up with full batches the daemon can serve, so the models' working set at
         # max_batch is reached first: that is the daemon's size, not an effect of overload.
         deadline = time.monotonic() + 60
@@ -93,10 +52,11 @@ def test_ten_times_overload_keeps_memory_bounded_and_accounts_for_every_frame(
                 for _ in range(4):
                     sock.send_multipart(frame_parts(name, sent[name], busy))
                     sent[name] += 1
-            while len(per_frame(events)) < WARM_UP_BURST * (burst + 1):
-                assert time.monotonic() < deadline, "warm-up frames were not served"
-                time.sleep(0.02)
-        served_mb = rss_mb(daemon.pid, "VmHWM")
+            assert listener.wait_for(
+                lambda burst=burst: len(per_frame(events)) >= WARM_UP_BURST * (burst + 1),
+                deadline - time.monotonic(),
+            ), "warm-up frames were not served"
+        served_mb = daemon.rss_mb("VmHWM")
         start = time.monotonic()
         while time.monotonic() - start < OVERLOAD_SECONDS:
             for name, sock in cams.items():
@@ -106,26 +66,14 @@ def test_ten_times_overload_keeps_memory_bounded_and_accounts_for_every_frame(
                     continue  # our own buffer is full: not sent, so not counted
                 sent[name] += 1
         elapsed = time.monotonic() - start
-        peak_mb = rss_mb(daemon.pid, "VmHWM")
+        peak_mb = daemon.rss_mb("VmHWM")
         time.sleep(0.5)
-        daemon.send_signal(signal.SIGTERM)
-        _, stderr = daemon.communicate(timeout=60)
+        daemon.terminate()
+        daemon.wait(60)
         # Until the final status is read: the listener may be behind, and a periodic status
         # taken mid-drain does not balance.
-        deadline = time.monotonic() + 10
-        while not (statuses and statuses[-1].get("final")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        stop_listening.set()
-        if listener.is_alive():
-            listener.join()
-        if daemon.poll() is None:
-            daemon.kill()
-        for sock in [*cams.values(), sub]:
-            sock.close(0)
-        context.term()
-        config.unlink()
-    assert daemon.returncode == 0, stderr[-2000:]
+        listener.wait_for(lambda: statuses and statuses[-1].get("final"), 10)
+    assert daemon.returncode == 0, daemon.stderr[-2000:]
     assert statuses[-1].get("final"), "the final status never came"
     final = statuses[-1]["cameras"]
     results = sum(final[c]["results"] for c in cams) - WARM_UP_BURST * WARM_UP_BURSTS

@@ -4,24 +4,20 @@ broken model on disk is refused and the old one keeps serving."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 from typer.testing import CliRunner
 
 from edge.cli.main import app
 from edge.daemon.models import ReloadError, signal_reload
-from edge.protocol import parse_event
-from tests.conftest import free_port, gray_strip
+from tests.conftest import gray_strip
+from tests.daemon_process import DaemonProcess
 from tests.test_metrics import samples, value
 from tests.test_server import frame_parts, per_frame
 from tests.tiny_models import CLASSES, CLASSIFIER_TOML
@@ -116,43 +112,20 @@ def test_keys_bound_to_sockets_keep_their_running_value(start_daemon, repo: Path
 
 
 def test_sighup_through_edge_reload_on_a_real_process(repo: Path, tmp_path: Path) -> None:
-    source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     pid_file = tmp_path / "run" / "edge.pid"
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli.main", "run", "--bind-source", source, "--publish", publish,
-         "--models", str(repo), "--queue-size", "256", "--threads", "1", "--log-format", "json",
-         "--pid-file", str(pid_file)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    context = zmq.Context()
-    sub = context.socket(zmq.SUB)
-    cam = context.socket(zmq.XPUB)
-    try:
+    with DaemonProcess(repo, "--queue-size", "256", "--pid-file", str(pid_file)) as daemon:
         deadline = time.monotonic() + 60
         while not pid_file.exists():
-            assert daemon.poll() is None, daemon.stderr.read()
+            assert daemon.poll() is None, daemon.stderr
             assert time.monotonic() < deadline, "no pid file"
             time.sleep(0.05)
         assert int(pid_file.read_text()) == daemon.pid
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(publish)
-        assert sub.poll(10000), "no status from the daemon"
-        cam.setsockopt(zmq.LINGER, 1000)
-        cam.connect(source)
-        assert cam.poll(10000)
-        cam.recv()
-
-        events: list[dict[str, Any]] = []
+        listener = daemon.listener().start(first_within_s=10)
+        events = listener.events
+        cam = daemon.camera()
 
         def pump(until: int, timeout_s: float = 60) -> None:
-            end = time.monotonic() + timeout_s
-            while len(per_frame(events)) < until and time.monotonic() < end:
-                if sub.poll(50):
-                    topic, body = parse_event(sub.recv_multipart())
-                    if topic.startswith("event/"):
-                        events.append(body)
+            listener.wait_for(lambda: len(per_frame(events)) >= until, timeout_s)
 
         sent = 0
         for reload_step in ("new model", "broken model"):
@@ -175,14 +148,9 @@ def test_sighup_through_edge_reload_on_a_real_process(repo: Path, tmp_path: Path
             cam.send_multipart(frame_parts("cam1", sent, gray_strip()))
             sent += 1
         pump(sent)
-        daemon.send_signal(signal.SIGTERM)
-        _, stderr = daemon.communicate(timeout=60)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        sub.close(0)
-        cam.close(0)
-        context.term()
+        daemon.terminate()
+        daemon.wait(60)
+    stderr = daemon.stderr
     assert daemon.returncode == 0, stderr
     frames = per_frame(events)
     assert sorted(e["seq"] for e in frames) == list(range(sent))

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 
 from edge.daemon import seqstate
 from edge.daemon.ledger import Ledger
-from edge.protocol import parse_event
-from tests.conftest import free_port, gray_strip
+from tests.conftest import gray_strip
+from tests.daemon_process import DaemonProcess, Listener, camera
 from tests.test_server import frame_parts
 
 
@@ -106,35 +101,22 @@ class Line:
     """
 
     def __init__(self, source: str, publish: str) -> None:
+        # Its own context: the camera and the subscriber outlive each daemon process.
         self.context = zmq.Context()
-        self.cam = self.context.socket(zmq.XPUB)  # XPUB: it sees when a daemon subscribed
-        self.cam.setsockopt(zmq.LINGER, 0)
-        self.cam.connect(source)
-        self.sub = self.context.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(publish)
-        self.events: list[dict[str, Any]] = []
+        # Connected before any daemon is up: the sender waits for the subscription itself.
+        self.cam = camera(self.context, source, wait_s=None)
+        self.listener = Listener(self.context, publish)
+        self.events = self.listener.events
+        self.heard = self.listener.heard  # the subscriber heard a daemon (a status)
         self.seq = 0
-        self.heard = threading.Event()  # the subscriber heard a daemon
         self.burst = threading.Event()
         self.burst_sent = threading.Event()
         self.stop_sending = threading.Event()
-        self.stop = threading.Event()
-        self._threads = [threading.Thread(target=self._listen), threading.Thread(target=self._send)]
+        self._sender = threading.Thread(target=self._send)
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def _listen(self) -> None:
-        while not self.stop.is_set():
-            if self.sub.poll(20):
-                topic, body = parse_event(self.sub.recv_multipart())
-                if topic.startswith("status/"):
-                    self.heard.set()
-                else:
-                    self.events.append(body)
+        self.listener.start()
+        self._sender.start()
 
     def answered(self) -> set[int]:
         return {e["seq"] for e in self.events if e["kind"] in ("result", "reject", "drop")}
@@ -156,63 +138,48 @@ class Line:
 
     def close(self) -> None:
         self.stop_sending.set()
-        self.stop.set()
-        for thread in self._threads:
-            thread.join(10)
-        self.cam.close()
-        self.sub.close()
+        if self._sender.is_alive():
+            self._sender.join(10)
+        self.listener.close()
+        self.cam.close(0)
         self.context.term()
-
-
-def start_daemon(args: list[str], log: Path) -> subprocess.Popen[str]:
-    with open(log, "a") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "edge.cli.main", "run", *args],
-            stderr=err,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
 
 
 @pytest.mark.slow
 def test_frames_lost_to_a_sigkill_are_reported_as_a_gap_after_the_restart(
     tiny_repo: Path, tmp_path: Path
 ) -> None:
-    source, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    args = ["--bind-source", source, "--publish", publish, "--models", str(tiny_repo),
-            "--threads", "1", "--state-dir", str(tmp_path / "state"), "--log-format", "json",
-            "--log-level", "warning"]  # fmt: skip
-    line = Line(source, publish)
-    daemon = start_daemon(args, tmp_path / "daemon.log")
+    flags = ("--state-dir", str(tmp_path / "state"), "--log-level", "warning")
+    daemon = DaemonProcess(tiny_repo, *flags, log=tmp_path / "daemon.log")
+    line = Line(daemon.source, daemon.publish)
     try:
-        line.start()
-        deadline = time.monotonic() + 60
-        while len(line.events) < 40:
-            assert time.monotonic() < deadline and daemon.poll() is None, "no events"
-            time.sleep(0.02)
-        line.burst.set()
-        assert line.burst_sent.wait(10)
-        time.sleep(0.05)  # on the daemon's side of the wire now
-        daemon.send_signal(signal.SIGKILL)  # as the OOM killer or a watchdog would
-        daemon.wait(10)
-        killed_at = line.seq
-        line.heard.clear()  # what is heard from now on is the restarted daemon
-        time.sleep(1.0)  # systemd's RestartSec: the camera streams on meanwhile
-        daemon = start_daemon(args, tmp_path / "daemon.log")
-        deadline = time.monotonic() + 60
-        while line.seq < killed_at + 100 or not line.heard.is_set():
-            assert time.monotonic() < deadline and daemon.poll() is None, "no restart"
-            time.sleep(0.02)
-        line.stop_sending.set()
-        while max(line.answered(), default=-1) < line.seq - 1:  # the last frame's event
-            assert time.monotonic() < deadline, "the restarted daemon left frames unanswered"
-            time.sleep(0.02)
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0
-        time.sleep(0.3)
+        with daemon:
+            line.start()
+            deadline = time.monotonic() + 60
+            while len(line.events) < 40:
+                assert time.monotonic() < deadline and daemon.poll() is None, "no events"
+                time.sleep(0.02)
+            line.burst.set()
+            assert line.burst_sent.wait(10)
+            time.sleep(0.05)  # on the daemon's side of the wire now
+            daemon.kill()  # SIGKILL, as the OOM killer or a watchdog would
+            daemon.wait(10)
+            killed_at = line.seq
+            line.heard.clear()  # what is heard from now on is the restarted daemon
+            time.sleep(1.0)  # systemd's RestartSec: the camera streams on meanwhile
+            daemon.start()  # the same ports, state dir and log
+            deadline = time.monotonic() + 60
+            while line.seq < killed_at + 100 or not line.heard.is_set():
+                assert time.monotonic() < deadline and daemon.poll() is None, "no restart"
+                time.sleep(0.02)
+            line.stop_sending.set()
+            while max(line.answered(), default=-1) < line.seq - 1:  # the last frame's event
+                assert time.monotonic() < deadline, "the restarted daemon left frames unanswered"
+                time.sleep(0.02)
+            daemon.terminate()
+            assert daemon.wait(30) == 0
+            time.sleep(0.3)
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
         line.close()
     sent = line.seq
     answered = line.answered()
