@@ -7,6 +7,7 @@ own thread. Everything the daemon does on the line happens here too, only the st
 from __future__ import annotations
 
 import statistics
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -85,37 +86,83 @@ def _camera(
     endpoints: dict[str, str],
     stop: threading.Event,
     tally: Tally,
+    done: threading.Event,
+    hang_up: threading.Event,
 ) -> None:
+    """Send until ``stop``, say ``done``, and keep the socket open until ``hang_up``: a camera
+    that hung up before the daemon stopped would be reported as a lost source."""
     with FramePublisher("tcp://127.0.0.1:*") as pub:
         endpoints[name] = pub.endpoint
         ready.set()
-        while not pub.wait_for_subscriber(0.1):
-            if stop.is_set():
-                return
-        pacer = Pacer(fps, sleep=stop.wait)
-        for seq, strip in enumerate(strip_stream(seed, defect_rate=defect_rate)):
-            pacer.wait()
-            if stop.is_set():
-                return
-            pub.send_image(name, seq, strip.image, meta={"synthetic_classes": list(strip.classes)})
-            with tally.lock:
-                tally.sent += 1
+        try:
+            _send(pub, name, seed, fps, defect_rate, stop, tally)
+        finally:
+            done.set()
+            hang_up.wait(60)
+
+
+def _send(
+    pub: FramePublisher,
+    name: str,
+    seed: int,
+    fps: float,
+    defect_rate: float,
+    stop: threading.Event,
+    tally: Tally,
+) -> None:
+    while not pub.wait_for_subscriber(0.1):
+        if stop.is_set():
+            return
+    pacer = Pacer(fps, sleep=stop.wait)
+    for seq, strip in enumerate(strip_stream(seed, defect_rate=defect_rate)):
+        pacer.wait()
+        if stop.is_set():
+            return
+        pub.send_image(name, seq, strip.image, meta={"synthetic_classes": list(strip.classes)})
+        with tally.lock:
+            tally.sent += 1
 
 
 def run_demo(
     *, duration: float, cameras: int, fps: float, defect_rate: float, models: Path | None, seed: int
 ) -> int:
+    # The daemon keeps its cameras' last seqs here, as under systemd (and says nothing about it).
+    with tempfile.TemporaryDirectory(prefix="edge-demo-") as state:
+        return _run_demo(duration, cameras, fps, defect_rate, models, seed, Path(state))
+
+
+def _run_demo(
+    duration: float,
+    cameras: int,
+    fps: float,
+    defect_rate: float,
+    models: Path | None,
+    seed: int,
+    state_dir: Path,
+) -> int:
     console = Console(stderr=False)
     tally = Tally()
-    stop = threading.Event()
+    stop, hang_up = threading.Event(), threading.Event()
     endpoints: dict[str, str] = {}
     threads = []
+    done = [threading.Event() for _ in range(cameras)]
     for i in range(cameras):
         ready = threading.Event()
         name = f"cam{i + 1}"
         thread = threading.Thread(
             target=_camera,
-            args=(name, seed + i, fps, defect_rate, ready, endpoints, stop, tally),
+            args=(
+                name,
+                seed + i,
+                fps,
+                defect_rate,
+                ready,
+                endpoints,
+                stop,
+                tally,
+                done[i],
+                hang_up,
+            ),
             name=name,
             daemon=True,
         )
@@ -130,6 +177,7 @@ def run_demo(
         models=models,
         daemon_id="demo",
         status_interval_s=0.5,
+        state_dir=state_dir,
     )
     server = Server(config)
     server_thread = threading.Thread(target=server.run, name="daemon", daemon=True)
@@ -162,10 +210,13 @@ def run_demo(
             pass
         elapsed = time.monotonic() - start
         stop.set()
-        for thread in threads:
-            thread.join(5)
+        for sent in done:
+            sent.wait(5)
         server.should_exit.set()
         server_thread.join(30)
+        hang_up.set()
+        for thread in threads:
+            thread.join(5)
         time.sleep(0.5)  # the last events reach the listener
         stop_listening.set()
         listener.join(5)
