@@ -21,7 +21,7 @@ def test_a_saved_state_loads_back(tmp_path: Path) -> None:
     path = seqstate.state_file(tmp_path / "state")
     seqstate.save(path, {"cam1": 41, "cam2": -1})
     assert seqstate.load(path, max_cameras=64) == {"cam1": 41, "cam2": -1}
-    assert not path.with_name(path.name + ".tmp").exists()
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left beside it
 
 
 @pytest.mark.parametrize(

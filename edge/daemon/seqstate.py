@@ -16,10 +16,11 @@ corrupt one is logged and ignored.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import structlog
+
+from build_engine.sidecar import atomic_write
 
 log = structlog.get_logger(__name__)
 FILE_NAME = "last_seqs.json"
@@ -65,14 +66,8 @@ def load(path: Path, max_cameras: int) -> dict[str, int]:
 
 def save(path: Path, seqs: dict[str, int]) -> None:
     """Write ``seqs`` so that a crash at any moment leaves a whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     body = json.dumps({"format": FORMAT, "v": VERSION, "cameras": seqs}, sort_keys=True)
-    with open(tmp, "w") as out:
-        out.write(body)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, body.encode())
 
 
 class StateWriter:

@@ -18,7 +18,6 @@ PyTorch ResNet18 with softmax logits, ...) by writing a config, without retraini
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tomllib
 from functools import cached_property
@@ -35,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from build_engine.sidecar import file_sha256 as file_sha256  # one digest for model and engine
 from edge.settings import format_validation_error
 
 CONFIG_FILE = "config.toml"
@@ -213,14 +213,6 @@ class ModelFiles(BaseModel):
     @property
     def model_id(self) -> str:
         return f"{self.spec.name}:{self.version}:{self.sha256[:12]}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_spec(data: dict[str, Any], source: str) -> ModelSpec:

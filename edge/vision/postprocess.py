@@ -135,7 +135,8 @@ def defects_in_bands(bands: list[tuple[int, np.ndarray]], spec: ModelSpec) -> li
             "mask_rle": "",
             "components": components[:MAX_COMPONENTS],
         }
-        if sum(rle.runs(mask) for _, mask in masks) <= MAX_MASK_RUNS:
+        # A run holds one pixel at least: only a mask of more pixels can have too many runs.
+        if area <= MAX_MASK_RUNS or sum(rle.runs(m) for _, m in masks) <= MAX_MASK_RUNS:
             # Column-major pixel numbers: a band starts x0 full columns into the strip.
             defect["mask_rle"] = " ".join(rle.encode(m, start=x0 * height) for x0, m in masks)
         else:
