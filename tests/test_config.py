@@ -38,6 +38,16 @@ def test_defaults_serve_the_shipped_models() -> None:
         ('sources = ["tcp://a:1"]\nmodels = "nowhere"', "models: model repository"),
         ("publish = 'tcp://*:1'", "no cameras"),
         ("max_batch = ", "is not valid TOML"),
+        (
+            'sources = ["tcp://a:1"]\nmax_latency_ms = 0',
+            "max_latency_ms: must be a number of ms more than 0 (leave it unset for no deadline)",
+        ),
+        ('sources = ["tcp://a:1"]\nmax_latency_ms = -5.0', "max_latency_ms: must be a number"),
+        ('sources = ["tcp://a:1"]\nmax_latency_ms = inf', "max_latency_ms: must be a number"),
+        (
+            'sources = ["tcp://a:1"]\nmax_wait_ms = 20\nmax_latency_ms = 20',
+            "max_latency_ms: 20.0 ms must be more than max_wait_ms (20.0 ms)",
+        ),
     ],
 )
 def test_bad_values_name_the_file_key_and_reason(tmp_path: Path, toml: str, expected: str) -> None:
@@ -52,3 +62,11 @@ def test_bad_values_name_the_file_key_and_reason(tmp_path: Path, toml: str, expe
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_max_latency_is_off_by_default_and_set_by_file_or_flag(tmp_path: Path) -> None:
+    assert load_config(None, sources=["tcp://a:1"]).max_latency_ms is None
+    path = tmp_path / "edge.toml"
+    path.write_text('sources = ["tcp://a:1"]\nmax_wait_ms = 2\nmax_latency_ms = 40\n')
+    assert load_config(path).max_latency_ms == 40.0
+    assert load_config(path, max_latency_ms=25.5).max_latency_ms == 25.5

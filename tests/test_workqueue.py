@@ -71,3 +71,136 @@ def test_a_batch_that_reached_its_budget_does_not_wait_for_more() -> None:
     start = time.monotonic()
     assert q.get_batch(32, max_wait_s=5.0, cost=lambda c: c) == [16, 16]
     assert time.monotonic() - start < 1.0
+
+
+# -- deadlines (max_latency_ms): items are (name, due) on a fake clock --------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def due(item: tuple[str, float]) -> float:
+    return item[1]
+
+
+def test_items_past_their_deadline_are_never_handed_out_and_keep_their_order() -> None:
+    clock = FakeClock()
+    q: WorkQueue[tuple[str, float]] = WorkQueue(10)
+    for item in [("a", 1.0), ("b", 5.0), ("c", 2.0), ("d", 9.0), ("e", 3.0), ("f", 8.0)]:
+        q.put(item)
+    clock.now = 4.0
+    gone: list[tuple[str, float]] = []
+    batch = q.get_batch(3, 0, due=due, expired=gone.append, clock=clock)
+    assert [name for name, _ in gone] == ["a", "c", "e"]  # in queue order, each once
+    assert [name for name, _ in batch] == ["b", "d", "f"]  # the rest in theirs, none late
+    assert len(q) == 0
+
+
+def test_an_item_exactly_at_its_deadline_is_still_served() -> None:
+    clock = FakeClock()
+    q: WorkQueue[tuple[str, float]] = WorkQueue(10)
+    q.put(("a", 4.0))
+    clock.now = 4.0
+    gone: list[tuple[str, float]] = []
+    assert q.get_batch(3, 0, due=due, expired=gone.append, clock=clock) == [("a", 4.0)]
+    assert gone == []
+
+
+def test_a_queue_of_expired_items_gives_an_empty_batch_then_closed() -> None:
+    clock = FakeClock()
+    q: WorkQueue[tuple[str, float]] = WorkQueue(10)
+    q.put(("a", 1.0))
+    q.put(("b", 2.0))
+    q.close()
+    clock.now = 3.0
+    gone: list[tuple[str, float]] = []
+    assert q.get_batch(3, 1.0, due=due, expired=gone.append, clock=clock) == []
+    assert gone == [("a", 1.0), ("b", 2.0)]
+    with pytest.raises(Closed):
+        q.get_batch(3, 1.0, due=due, expired=gone.append, clock=clock)
+
+
+def test_the_budget_counts_only_what_is_still_in_time() -> None:
+    clock = FakeClock()
+    q: WorkQueue[tuple[str, float]] = WorkQueue(10)
+    for item in [("late", 1.0), ("a", 9.0), ("b", 9.0), ("c", 9.0)]:
+        q.put(item)
+    clock.now = 2.0
+    gone: list[tuple[str, float]] = []
+    batch = q.get_batch(2, 0, due=due, expired=gone.append, clock=clock)
+    assert [name for name, _ in batch] == ["a", "b"]
+    assert gone == [("late", 1.0)]
+
+
+def test_every_item_gets_exactly_one_outcome_under_eviction_and_expiry() -> None:
+    """Puts that evict, takes that expire, a clock that moves: each item ends up once in a
+    batch, once as expired or once as evicted, and no batch holds an item past its deadline."""
+    clock = FakeClock()
+    q: WorkQueue[tuple[str, float]] = WorkQueue(11)
+    outcomes: list[tuple[str, float]] = []
+    put: list[tuple[str, float]] = []
+    kinds = dict.fromkeys(("served", "expired", "evicted"), 0)
+    for step in range(400):
+        clock.now = step * 0.5
+        for k in range(step % 4):  # bursts of 0 to 3 items, each due 0.5 to 3.5 s from now
+            item = (f"{step}.{k}", clock.now + 0.5 + (step * 7 + k) % 4)
+            put.append(item)
+            evicted = q.put(item)
+            if evicted is not None:
+                outcomes.append(evicted)
+                kinds["evicted"] += 1
+        if step % 3 == 0:
+            gone: list[tuple[str, float]] = []
+            batch = q.get_batch(2, 0, due=due, expired=gone.append, clock=clock)
+            assert all(d >= clock.now for _, d in batch), "a late item was handed out"
+            assert all(d < clock.now for _, d in gone)
+            outcomes += batch + gone
+            kinds["served"] += len(batch)
+            kinds["expired"] += len(gone)
+    assert min(kinds.values()) > 20, kinds  # the test exercises all three
+    outcomes += q.take_all()
+    assert sorted(outcomes) == sorted(put)
+    assert len(set(outcomes)) == len(outcomes)
+
+
+def test_a_partial_batch_stops_waiting_at_its_first_deadline_and_is_served() -> None:
+    q: WorkQueue[tuple[str, float]] = WorkQueue(10)
+    item = ("a", time.monotonic() + 0.1)
+    q.put(item)
+    gone: list[tuple[str, float]] = []
+    start = time.monotonic()
+    batch = q.get_batch(4, max_wait_s=5.0, due=due, expired=gone.append)
+    assert time.monotonic() - start < 1.0, "the batch waited past its item's deadline"
+    assert batch == [item] and gone == []  # taken at its deadline, not dropped for waiting
+
+
+def test_expired_items_are_handed_over_after_the_lock_is_let_go() -> None:
+    clock = FakeClock()
+    q: WorkQueue[tuple[str, float]] = WorkQueue(10)
+    q.put(("a", 1.0))
+    q.put(("b", 9.0))
+    clock.now = 2.0
+    others_got_in: list[bool] = []
+
+    def expired(item: tuple[str, float]) -> None:
+        # The daemon's drop path takes other locks; another thread must be able to queue
+        # meanwhile (the receiver does), so the queue's lock is not held here.
+        other = threading.Thread(target=q.put, args=(("c", 9.0),))
+        other.start()
+        other.join(2.0)
+        others_got_in.append(not other.is_alive())
+
+    assert q.get_batch(1, 0, due=due, expired=expired, clock=clock) == [("b", 9.0)]
+    assert others_got_in == [True]
+    assert q.take_all() == [("c", 9.0)]
+
+
+def test_a_deadline_without_somewhere_for_expired_items_is_refused() -> None:
+    q: WorkQueue[tuple[str, float]] = WorkQueue(10)
+    with pytest.raises(ValueError, match="expired"):
+        q.get_batch(1, 0, due=due)

@@ -89,6 +89,13 @@ def run(
         float | None,
         typer.Option(help="How long a partial batch waits for more strips. (default: 5)"),
     ] = None,
+    max_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop a strip (reason deadline) still waiting for inference this long after "
+            "receipt; more than --max-wait-ms. (default: off)"
+        ),
+    ] = None,
     queue_size: Annotated[
         int | None,
         typer.Option(help="Strips waiting for inference before load is shed. (default: 16)"),
@@ -169,6 +176,7 @@ def run(
         rebuild_stale=rebuild_stale,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
+        max_latency_ms=max_latency_ms,
         queue_size=queue_size,
         overload=overload,
         workers=workers,

@@ -7,6 +7,7 @@ gets an error that names the key, the file and the reason.
 from __future__ import annotations
 
 import importlib.resources
+import math
 import os
 import socket
 from pathlib import Path
@@ -89,6 +90,11 @@ class Config(BaseModel):
     max_wait_ms: float = Field(
         5.0, ge=0, description="how long a partial batch waits for more strips"
     )
+    max_latency_ms: float | None = Field(
+        None,
+        description="a strip still waiting for inference this long after receipt is dropped "
+        "(reason deadline) instead of inferred; off if unset",
+    )
     # -- what the daemon accepts: checked before any frame is decoded or any table grows --
     max_frame_pixels: int = Field(
         4 * 256 * 1600,
@@ -159,6 +165,23 @@ class Config(BaseModel):
     def _authorized(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_dir():
             raise ValueError(f"{str(value)!r} is not a folder of public .key certificates")
+        return value
+
+    @field_validator("max_latency_ms")
+    @classmethod
+    def _max_latency(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None:
+            return value
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(
+                f"must be a number of ms more than 0 (leave it unset for no deadline), got {value}"
+            )
+        wait = info.data.get("max_wait_ms")
+        if wait is not None and value <= wait:
+            raise ValueError(
+                f"{value} ms must be more than max_wait_ms ({wait} ms): a partial batch would "
+                "wait for more strips past the deadline of the strips it holds"
+            )
         return value
 
     @field_validator("models")

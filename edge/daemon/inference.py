@@ -43,6 +43,7 @@ SPARE_TICKETS = 2
 # worker: memory stays bounded, and a publisher that falls behind slows the workers, which
 # sheds load at the queue.
 UNFINISHED_PER_WORKER = 1
+DEADLINE = "deadline"  # the drop reason of a frame that waited past max_latency_ms
 
 
 class InferenceWorkers:
@@ -55,7 +56,10 @@ class InferenceWorkers:
         metrics: Metrics,
         config: Callable[[], Config],
         failed: Callable[[], bool],
+        drop: Callable[[Frame, str], None] | None = None,
     ) -> None:
+        """``drop(frame, reason)``: a frame's ``drop`` event (the receiver's); without it no
+        frame is dropped for ``max_latency_ms``."""
         self.replicas = replicas
         self.count = len(replicas.cascades)
         self._queue = queue
@@ -64,6 +68,7 @@ class InferenceWorkers:
         self._metrics = metrics
         self._config = config  # read per batch: a reload may change max_wait_ms
         self._failed = failed
+        self._drop = drop
         self._take = threading.Lock()  # a batch, its ticket and its replica, taken together
         self._next_ticket = 0
         # A worker holds a ticket from before it takes a batch, so the oldest ticket can always
@@ -116,10 +121,12 @@ class InferenceWorkers:
             if self._handover.waiting:
                 self._adopt_reloaded()
             cascade = self.replicas.cascades[index]
+            cfg = self._config()
             frames = self._queue.get_batch(
-                self._config().max_batch,
-                self._config().max_wait_ms / 1000,
+                cfg.max_batch,
+                cfg.max_wait_ms / 1000,
                 cost=lambda frame: cascade.tiles(*frame.pixels.shape[:2]),
+                **expiry(cfg.max_latency_ms, self._drop),
             )
             if not frames:
                 return None
@@ -142,6 +149,24 @@ class InferenceWorkers:
             return
         self._outbox.put(Retire(self.replicas, after_ticket=self._next_ticket - 1))
         self.replicas = new
+
+
+def expiry(
+    max_latency_ms: float | None, drop: Callable[[Frame, str], None] | None
+) -> dict[str, Any]:
+    """``get_batch``'s deadline arguments: a frame is due ``max_latency_ms`` after its receipt,
+    and one past it is dropped with reason ``deadline`` instead of inferred (none if off)."""
+    if max_latency_ms is None:
+        return {}
+    if drop is None:
+        log.warning("max_latency_ms is not applied: these inference workers have no drop path",
+                    throttle=True)  # fmt: skip
+        return {}
+    budget_ns = round(max_latency_ms * 1_000_000)
+    return {
+        "due": lambda frame: (frame.received_ns + budget_ns) / 1e9,  # time.monotonic's clock
+        "expired": lambda frame: drop(frame, DEADLINE),
+    }
 
 
 def tiles_per_strip(cascade: Cascade, height: int = 256, width: int = 1600) -> int:

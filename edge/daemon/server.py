@@ -236,7 +236,7 @@ class Server:
     ) -> InferenceWorkers:
         workers = self.workers = InferenceWorkers(
             replicas, self._queue, self._outbox, self._handover, self.metrics,
-            lambda: self.config, lambda: self.failure is not None,
+            lambda: self.config, lambda: self.failure is not None, drop=receiver.drop,
         )  # fmt: skip
         publishing = PublishLoop(
             self._outbox, workers.tickets, workers.unfinished, self.ledger, self.metrics,

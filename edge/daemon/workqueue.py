@@ -5,10 +5,15 @@ it back so the caller can publish its ``drop`` event; ``block`` makes the produc
 ZeroMQ's high-water mark then drops upstream, which the daemon reports as gaps). The consumer
 takes frames in batches: as many as fit a cost budget (the daemon's: model tiles, whatever the
 strips' shapes), waiting at most ``max_wait_s`` to fill a batch.
+
+Items may carry a deadline (``due``: the daemon's is receipt + ``max_latency_ms``): one past it
+when a batch is taken is never handed out as work but to ``expired`` (the daemon's ``drop``
+with reason ``deadline``), and a partial batch stops waiting for more at its oldest deadline.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -59,28 +64,73 @@ class WorkQueue(Generic[T]):
         max_wait_s: float,
         idle_timeout_s: float = 0.1,
         cost: Callable[[T], int] = lambda _: 1,
+        *,
+        due: Callable[[T], float] | None = None,
+        expired: Callable[[T], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> list[T]:
         """The oldest items whose ``cost`` adds up to at most ``max_cost`` (always at least one).
 
         Waits up to ``idle_timeout_s`` for the first item, then ``max_wait_s`` more for the batch
         to fill. Returns [] on idle timeout; raises Closed when drained.
+
+        With ``due`` (an item's deadline on ``clock``), items past it when the batch is taken are
+        removed and passed to ``expired``, each once and in queue order, after the lock is let
+        go; they are never in a batch. The wait to fill ends at the earliest deadline in the
+        batch, and the batch is then taken as of that deadline, so no item expires only because
+        its batch waited for more. The result may be [] although items were waiting: they had
+        all expired.
         """
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._items or self._closed, idle_timeout_s):
-                return []
-            if not self._items:
-                raise Closed
-            deadline = time.monotonic() + max_wait_s
-            count, full = self._fits(max_cost, cost)
-            while not full and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-                count, full = self._fits(max_cost, cost)
-            batch = [self._items.popleft() for _ in range(count)]
-            self._cond.notify_all()
-            return batch
+        if due is not None and expired is None:
+            raise ValueError("get_batch: due needs expired, or expired items would be lost")
+        gone: list[T] = []
+        try:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._items or self._closed, idle_timeout_s):
+                    return []
+                if not self._items:
+                    raise Closed
+                deadline = time.monotonic() + max_wait_s
+                cap: float | None = None  # the wait ran up to the batch's first deadline
+                while True:
+                    if due is not None:  # as of the first deadline, if the wait ran up to it
+                        now = clock()
+                        gone += self._expire(due, now if cap is None else min(now, cap))
+                    count, full = self._fits(max_cost, cost)
+                    if full or self._closed or not self._items or cap is not None:
+                        break
+                    remaining = deadline - time.monotonic()
+                    first = math.inf
+                    if due is not None:
+                        first = min(map(due, self._head(count)))
+                        remaining = min(remaining, first - clock())
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                    if clock() >= first:
+                        cap = first
+                batch = [self._items.popleft() for _ in range(count)]
+                self._cond.notify_all()
+                return batch
+        finally:
+            if expired is not None:
+                for item in gone:
+                    expired(item)
+
+    def _expire(self, due: Callable[[T], float], now: float) -> list[T]:
+        """Remove and return the items past their deadline at ``now``; the rest keep their
+        order (lock held)."""
+        late: list[T] = []
+        kept: deque[T] = deque()
+        for item in self._items:
+            (late if due(item) < now else kept).append(item)
+        if late:
+            self._items = kept
+            self._cond.notify_all()  # room for a producer that blocks
+        return late
+
+    def _head(self, count: int) -> list[T]:
+        return [self._items[i] for i in range(count)]
 
     def _fits(self, max_cost: int, cost: Callable[[T], int]) -> tuple[int, bool]:
         """How many of the oldest items fit ``max_cost`` (at least one, if there is one), and
