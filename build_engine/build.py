@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from build_engine.fp16 import convert_to_fp16
+from build_engine.graph import FuseError, GraphIO, fuse
 from build_engine.machine import INSTALL_HINT, EnvFacts, detect_facts
 from build_engine.models import ModelFacts
 from build_engine.sidecar import (
@@ -32,6 +33,8 @@ from build_engine.sidecar import (
     now_iso,
     write_engine,
 )
+
+FUSED_FILE = "model.fused.onnx"  # beside the plan: the fused graph the engine was built from
 
 
 class BuildError(RuntimeError):
@@ -145,6 +148,8 @@ def build_model(
     strongly_typed = int(trt.__version__.split(".")[0]) >= 11
     folder = engine_dir(out, model.name, model.version)
     parsed = model.onnx_path
+    if model.graph is not None:
+        parsed = fused_onnx(model, folder / FUSED_FILE)
     if options.fp16 and strongly_typed:
         parsed = convert_to_fp16(model.onnx_path, folder / "model.fp16.onnx")
     cache_path = options.timing_cache or out / TIMING_CACHE_FILE
@@ -171,8 +176,27 @@ def build_model(
         built_at=now_iso(),
         build_seconds=round(time.monotonic() - started, 1),
         spec=model.spec,
+        fused=model.graph,
     )
     return write_engine(out, plan, sidecar, config=model.config)
+
+
+def fused_onnx(model: ModelFacts, path: Path) -> Path:
+    """The model inside its prologue and epilogue (build_engine.graph), written to ``path``."""
+    assert model.graph is not None
+    try:
+        import onnx
+    except ImportError:
+        raise BuildError("fusing the pre- and post-processing needs the onnx package") from None
+    try:
+        fused = fuse(onnx.load(str(model.onnx_path)), GraphIO(**model.graph), quantize="Cast")
+    except (FuseError, TypeError) as err:
+        raise BuildError(
+            f"model {model.model_id}: cannot fuse its pre/post-processing: {err}"
+        ) from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, fused.SerializeToString())
+    return path
 
 
 def _sha256(data: bytes) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from build_engine.graph import is_fused_node
 from build_engine.sidecar import atomic_write
 
 
@@ -28,8 +29,11 @@ def convert_to_fp16(onnx_path: Path, out_path: Path) -> Path:
             "pip install 'edge[gpu]' (or 'edge[fp16]' on a machine without a GPU)"
         ) from None
     model = onnx.load(str(onnx_path))
-    # keep_io_types: Cast nodes at the edges, so inputs/outputs stay float32.
-    converted = float16.convert_float_to_float16(model, keep_io_types=True)
+    # keep_io_types: Cast nodes at the edges, so inputs/outputs stay float32. A fused graph's
+    # prologue and epilogue (build_engine.graph) stay float32 too: the converter would retype
+    # their uint8 -> float Casts' outputs without changing the Casts.
+    blocked = [n.name for n in model.graph.node if is_fused_node(n.name)]
+    converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
     _float32_outputs(converted, onnx)
     onnx.checker.check_model(converted)
     atomic_write(out_path, converted.SerializeToString())

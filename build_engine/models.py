@@ -40,6 +40,9 @@ class ModelFacts:
     sha256: str  # of onnx_path: what an engine is checked against before it is loaded
     spec: dict[str, Any] = field(default_factory=dict)  # the model's config, recorded as is
     config: Path | None = None  # its config.toml, copied beside the engine's version folder
+    # The prologue and epilogue to fuse around the model (build_engine.graph.GraphIO, as a
+    # dict); None builds the model as it is. edge's reader fills it from the validated config.
+    graph: dict[str, Any] | None = None
 
     @property
     def model_id(self) -> str:

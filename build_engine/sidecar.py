@@ -68,6 +68,9 @@ class Sidecar(BaseModel):
     built_at: str
     build_seconds: float
     spec: dict[str, Any]  # the model's config table, as the model said it (edge's ModelSpec)
+    # The prologue and epilogue fused around the model (build_engine.graph.GraphIO): uint8
+    # pixels in, probabilities out. None: the model as it is (engines built before fusing).
+    fused: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"

@@ -559,5 +559,8 @@ def test_a_matching_output_still_reads() -> None:
 
     model = keras_resnet50_unet()
     raw = _real_output(model)
-    maps = OutputAdapter(parse_spec(copy.deepcopy(model.config), "cfg")).maps(raw, 128, 800)
-    np.testing.assert_array_equal(maps, raw.transpose(0, 3, 1, 2))
+    adapter = OutputAdapter(parse_spec(copy.deepcopy(model.config), "cfg"))
+    np.testing.assert_array_equal(adapter.float_maps(raw, 128, 800), raw.transpose(0, 3, 1, 2))
+    # What the thresholds take: the same maps as uint8 round(255 * p), halves up.
+    levels = raw.transpose(0, 3, 1, 2) * np.float32(255) + np.float32(0.5)
+    np.testing.assert_array_equal(adapter.maps(raw, 128, 800), levels.astype(np.uint8))

@@ -1,7 +1,10 @@
 """The shipped models on the real Severstal samples, through a real daemon.
 
-The masks in the events are checked pixel for pixel against a computation done here directly
-with ONNX Runtime sessions, independent of the daemon's tiling, batching and stitching code.
+The masks in the events are checked against a computation done here directly with ONNX Runtime
+sessions in float32, independent of the daemon's tiling, batching and stitching code. The
+daemon's models run fused (build_engine.graph): probabilities leave them as uint8 round(255 p)
+and overlaps average those, so a pixel within about 1/255 of its threshold may go either way;
+what is held is the issue's bound: the same defect list and a mask IoU >= 0.99 per class.
 """
 
 from __future__ import annotations
@@ -105,9 +108,46 @@ def test_event_masks_equal_a_direct_backend_computation(
         for defect in event["defects"]:
             got[defect["class_id"] - 1] = rle.decode(defect["mask_rle"], 256, 1600)
             defects_seen += 1
-        np.testing.assert_array_equal(got, want, err_msg=event["meta"]["file"])
+        assert_masks_agree(got, want, event["meta"]["file"])
     # On real defective strips the path through the segmenter must actually be taken.
     assert defects_seen > 0
+
+
+SMALL_MASK_PX = 500  # below this, one pixel at the threshold moves a strip's IoU by > 0.002
+
+
+def assert_masks_agree(got: np.ndarray, want: np.ndarray, name: str) -> np.ndarray:
+    """The same classes have defects, and each class's masks overlap with IoU >= 0.99 (on
+    masks of SMALL_MASK_PX or more). Returns per class (shared pixels, pixels of either)."""
+    present = [k + 1 for k in range(len(want)) if want[k].any()]
+    assert [k + 1 for k in range(len(got)) if got[k].any()] == present, name
+    counts = np.zeros((len(want), 2), np.int64)
+    for k in range(len(want)):
+        counts[k] = np.count_nonzero(got[k] & want[k]), np.count_nonzero(got[k] | want[k])
+        if counts[k, 1] >= SMALL_MASK_PX:
+            iou = counts[k, 0] / counts[k, 1]
+            assert iou >= 0.99, f"{name} class {k + 1}: IoU {iou:.4f}"
+    return counts
+
+
+def test_the_fused_cascade_agrees_with_float32_on_every_real_sample(severstal: Path) -> None:
+    """Every strip of the sample, in process: same defect classes, IoU >= 0.99 per class."""
+    from edge.vision.cascade import Cascade
+    from edge.vision.postprocess import strip_defects
+
+    cascade = Cascade.load(shipped_models(), max_batch=7, threads=1)
+    paths = sorted((severstal / "images").iterdir())
+    totals = np.zeros((4, 2), np.int64)
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        (result,) = cascade.run([image])
+        got = np.zeros((4, *image.shape), bool)
+        for defect in strip_defects(result, cascade.segmenter.spec):
+            got[defect["class_id"] - 1] = rle.decode(defect["mask_rle"], *image.shape)
+        totals += assert_masks_agree(got, direct_masks(image, shipped_models()), path.name)
+    assert len(paths) >= 20 and totals[:, 1].sum() > 10_000  # real defects were compared
+    for k, (shared, either) in enumerate(totals):
+        assert either == 0 or shared / either >= 0.99, f"class {k + 1}: {shared}/{either}"
 
 
 @pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])

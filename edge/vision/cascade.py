@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from build_engine.graph import PROB_SCALE
 from edge.vision.backends import auto
 from edge.vision.backends.base import Backend, BackendError
 from edge.vision.modelspec import ModelFiles, load_repository
@@ -25,14 +26,20 @@ from edge.vision.tiling import Stitcher, Window
 
 
 class Stage:
-    """One model with its adapters and a preallocated input buffer of its max batch."""
+    """One model with its adapters and a preallocated input buffer of its max batch.
+
+    A fused backend (``build_engine.graph``) takes uint8 tiles as the strip holds them and
+    returns probabilities; a raw one takes normalised tensors the host makes and returns
+    logits. Either way the stage hands out scores (float32) and uint8 maps.
+    """
 
     def __init__(self, files: ModelFiles, backend: Backend) -> None:
         self.files = files
         self.backend = backend
+        self.fused = bool(getattr(backend, "fused", False))
         self.inputs = InputAdapter(files.spec, backend.input_dtype)
-        self.outputs = OutputAdapter(files.spec)
-        self.buffer = self.inputs.new_batch(backend.max_batch)
+        self.outputs = OutputAdapter(files.spec, fused=self.fused)
+        self.buffer = self.new_batch(backend.max_batch)
 
     @property
     def spec(self):
@@ -46,8 +53,32 @@ class Stage:
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
             for j, (i, window) in enumerate(chunk):
-                self.inputs.write(self.buffer, j, self.inputs.pixels_for(images[i], window))
+                self.put(self.buffer, j, self.inputs.pixels_for(images[i], window))
             yield start, self.backend.infer(self.buffer[: len(chunk)])
+
+    def new_batch(self, size: int) -> np.ndarray:
+        """A batch buffer of ``size`` inputs, as this stage's backend takes them."""
+        return self.inputs.new_batch(size, fused=self.fused)
+
+    def put(self, batch: np.ndarray, index: int, pixels: np.ndarray) -> None:
+        """A window's h x w x C uint8 pixels into batch[index]: as they are for a fused
+        model (its graph normalises them), normalised into the model's layout for a raw one."""
+        if self.fused:
+            batch[index] = pixels
+        else:
+            self.inputs.write(batch, index, pixels)
+
+    def probability_maps(
+        self, images: Sequence[np.ndarray], work: Sequence[tuple[int, Window]]
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Float32 probabilities at the model's size, chunk by chunk, for tools that study
+        them (``edge eval``, ``edge tune``): a fused model's uint8 maps / 255."""
+        h, w = self.inputs.model_hw
+        for start, raw in self.run_chunks(images, work):
+            if self.fused:
+                yield start, self.outputs.maps(raw, h, w).astype(np.float32) / PROB_SCALE
+            else:
+                yield start, self.outputs.float_maps(raw, h, w)
 
 
 @dataclass(slots=True)
@@ -55,7 +86,7 @@ class Band:
     """Probabilities over full-height columns of a strip: one run of adjacent segmented windows."""
 
     region: Window  # where on the strip
-    probs: np.ndarray  # per segmenter class, K x region.h x region.w
+    probs: np.ndarray  # per segmenter class, K x region.h x region.w, uint8 round(255 * p)
 
 
 @dataclass(slots=True)
@@ -71,10 +102,11 @@ class StripResult:
 
     @property
     def probs(self) -> np.ndarray | None:
-        """The whole strip's K x H x W probabilities (a new array), or None if not segmented."""
+        """The whole strip's K x H x W uint8 maps, round(255 * p) (a new array), or None if
+        not segmented."""
         if not self.bands:
             return None
-        full = np.zeros((self.bands[0].probs.shape[0], *self.shape), np.float32)
+        full = np.zeros((self.bands[0].probs.shape[0], *self.shape), self.bands[0].probs.dtype)
         for band in self.bands:
             r = band.region
             full[:, r.y : r.y + r.h, r.x : r.x + r.w] = band.probs
@@ -89,7 +121,7 @@ class Inferred:
     scores: list[np.ndarray]  # per strip, as StripResult.scores
     classified: list[int]  # per strip: classifier windows
     segmented: list[int]  # per strip: segmenter windows
-    # Segmenter probabilities in the order they were computed: (strip, window, C x h x w); the
+    # Segmenter maps (uint8) in the order they were computed: (strip, window, C x h x w); the
     # window is None for a map of the whole strip (resize feed).
     tiles: list[tuple[int, Window | None, np.ndarray]]
     # Per segmented strip, the bands its windows span, left to right (tile feed).
@@ -132,8 +164,13 @@ class Cascade:
         threads: int = 0,
         engines: Path | None = None,
         rebuild_stale: bool = False,
+        fused: bool = True,
     ) -> Cascade:
-        """Load both models of a repository and prove they run (errors name the model)."""
+        """Load both models of a repository and prove they run (errors name the model).
+
+        ``fused``: each model runs inside its prologue and epilogue (``build_engine.graph``),
+        as the daemon serves them; False: the raw model, pre- and post-processed on the host.
+        """
         stages = {}
         for role, files in load_repository(models).items():
             sample_shape = InputAdapter(files.spec).sample_shape()
@@ -145,6 +182,7 @@ class Cascade:
                 threads=threads,
                 engines=engines,
                 rebuild_stale=rebuild_stale,
+                fused=fused,
             )
             stages[role] = Stage(files, runner)
         cascade = cls(stages["classifier"], stages["segmenter"])
@@ -313,7 +351,7 @@ def _confirmed(
         if allowed[k].all():
             continue
         if not allowed[k].any():
-            band[k] = 0.0
+            band[k] = 0
         else:
             band[k] *= allowed[k]
     return band

@@ -16,12 +16,18 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.protocol import rle
+from edge.vision import components as cc
 from edge.vision.cascade import StripResult
 from edge.vision.modelspec import ModelSpec
+from edge.vision.preprocess import PROB_SCALE, mask_level, quantise
 
 MAX_COMPONENTS = 64
 MAX_MASK_RUNS = 32768
+
+
+def levels(probs: np.ndarray) -> np.ndarray:
+    """Maps as the thresholds take them: uint8 round(255 * p) (float probabilities converted)."""
+    return probs if probs.dtype == np.uint8 else quantise(probs)
 
 
 def class_mask(
@@ -29,44 +35,71 @@ def class_mask(
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The thresholded mask of one class with components under ``min_area`` px removed.
 
-    Returns the mask and its kept components ``{bbox: [x, y, w, h], area_px}``, largest first.
+    ``probs``: one class's uint8 map, or float probabilities. Returns the mask and its kept
+    components ``{bbox: [x, y, w, h], area_px}``, largest first.
     """
-    found = _class_mask(probs, threshold, min_area, limit=None)
-    return found.mask, found.components
+    q = levels(probs)
+    found = _class_mask(q, mask_level(threshold), min_area, limit=None)
+    mask = np.zeros(q.shape, bool) if found.runs is None else cc.paint(found.runs, q.shape[1])
+    return mask, found.components
 
 
 @dataclass(slots=True)
 class _Found:
-    mask: np.ndarray
+    runs: cc.Runs | None  # the kept components' column runs (None: nothing kept)
     components: list[dict[str, Any]]  # the largest ``limit``, largest first
     count: int  # components kept, listed or not
     area: int  # their pixels
+    level_sum: int  # the sum of their pixels' uint8 levels (the score's numerator)
     box: tuple[int, int, int, int] | None  # x0, y0, x1, y1 around every kept component
 
 
-def _class_mask(probs: np.ndarray, threshold: float, min_area: int, limit: int | None) -> _Found:
-    binary = (probs >= threshold).astype(np.uint8)
+_NOTHING = _Found(None, [], 0, 0, 0, None)
+
+
+def _class_mask(q: np.ndarray, level: int, min_area: int, limit: int | None) -> _Found:
+    if level > PROB_SCALE:
+        return _NOTHING
+    binary = q >= level
     if not binary.any():
-        return _Found(binary.astype(bool), [], 0, 0, None)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    areas = stats[:, cv2.CC_STAT_AREA]
-    keep = areas >= max(min_area, 1)
-    keep[0] = False  # label 0 is the background
+        return _NOTHING
+    runs = cc.column_runs(binary)
+    count, labels = cc.label(runs)
+    stats = cc.measure(runs, labels, count)
+    keep = stats.area >= max(min_area, 1)
     kept = np.flatnonzero(keep)
     if kept.size == 0:
-        return _Found(np.zeros_like(binary, dtype=bool), [], 0, 0, None)
-    x, y, w, h = (stats[kept, i] for i in range(4))
-    box = (int(x.min()), int(y.min()), int((x + w).max()), int((y + h).max()))
-    listed = kept
-    if limit is not None and kept.size > limit:
-        # Vectorised: a noisy frame has ~10^5 components, and one dict each costs seconds.
-        listed = kept[np.lexsort((y, x, -areas[kept]))[:limit]]
+        return _NOTHING
+    # Every pixel's level over the mask, less the pixels of the components dropped.
+    level_sum = round(cv2.mean(q, mask=binary.view(np.uint8))[0] * int(stats.area.sum()))
+    if kept.size < count:
+        dropped = runs.select(~keep[labels])
+        level_sum -= _levels_over(q, dropped)
+        runs = runs.select(keep[labels])
+    x0, y0, x1, y1 = stats.x0[kept], stats.y0[kept], stats.x1[kept], stats.y1[kept]
+    areas = stats.area[kept]
+    box = (int(x0.min()), int(y0.min()), int(x1.max()), int(y1.max()))
+    listed = np.lexsort((y0, x0, -areas))
+    if limit is not None:
+        listed = listed[:limit]  # vectorised: a noisy frame has ~10^5 components
     components = [
-        {"bbox": [int(v) for v in stats[k, :4]], "area_px": int(areas[k])} for k in listed
-    ]
-    components.sort(key=_largest_first)
-    return _Found(keep[labels] if count > 1 else np.zeros_like(binary, dtype=bool), components,
-                  int(kept.size), int(areas[kept].sum()), box)  # fmt: skip
+        {"bbox": [int(x0[i]), int(y0[i]), int(x1[i] - x0[i]), int(y1[i] - y0[i])],
+         "area_px": int(areas[i])}
+        for i in listed
+    ]  # fmt: skip
+    return _Found(runs, components, int(kept.size), int(areas.sum()), level_sum, box)
+
+
+def _levels_over(q: np.ndarray, runs: cc.Runs) -> int:
+    """The sum of ``q`` over ``runs``."""
+    if len(runs) == 0:
+        return 0
+    if len(runs) <= 256:
+        return sum(int(q[a:b, c].sum()) for c, a, b in zip(runs.col, runs.y0, runs.y1, strict=True))
+    # Many specks: one cumulative sum down the columns, read at each run's ends.
+    column_sums = np.zeros((q.shape[0] + 1, q.shape[1]), np.int64)
+    np.cumsum(q, axis=0, out=column_sums[1:])
+    return int((column_sums[runs.y1, runs.col] - column_sums[runs.y0, runs.col]).sum())
 
 
 def _largest_first(component: dict[str, Any]) -> tuple[int, int, int]:
@@ -102,14 +135,14 @@ def defects_in_bands(bands: list[tuple[int, np.ndarray]], spec: ModelSpec) -> li
     the strip's coordinates, exactly as the whole strip would give them.
     """
     defects = []
-    thresholds = spec.per_class("mask")
+    bands = [(x0, levels(probs)) for x0, probs in bands]
+    thresholds = [mask_level(t) for t in spec.per_class("mask")]
     min_areas = spec.per_class("min_area")
     for k, name in enumerate(spec.classes):
         components: list[dict[str, Any]] = []
-        masks: list[tuple[int, np.ndarray]] = []
+        runs: list[tuple[int, cc.Runs]] = []
         boxes: list[tuple[int, int, int, int]] = []
-        count = area = 0
-        prob_sum = 0.0
+        count = area = level_sum = 0
         for x0, probs in bands:
             found = _class_mask(probs[k], thresholds[k], int(min_areas[k]), MAX_COMPONENTS)
             if not found.count:
@@ -118,27 +151,27 @@ def defects_in_bands(bands: list[tuple[int, np.ndarray]], spec: ModelSpec) -> li
                 component["bbox"][0] += x0
             components += found.components
             count += found.count
-            assert found.box is not None
+            assert found.box is not None and found.runs is not None
             boxes.append((found.box[0] + x0, found.box[1], found.box[2] + x0, found.box[3]))
             area += found.area
-            prob_sum += float(probs[k][found.mask].sum(dtype=np.float64))
-            masks.append((x0, found.mask))
+            level_sum += found.level_sum
+            runs.append((x0, found.runs))
         if not components:
             continue
         components.sort(key=_largest_first)
-        height = masks[0][1].shape[0]
+        height = runs[0][1].height
         defect: dict[str, Any] = {
             "class_id": k + 1,
             "name": name,
-            "score": round(prob_sum / area, 4),
+            "score": round(level_sum / PROB_SCALE / area, 4),
             "area_px": area,
             "mask_rle": "",
             "components": components[:MAX_COMPONENTS],
         }
-        # A run holds one pixel at least: only a mask of more pixels can have too many runs.
-        if area <= MAX_MASK_RUNS or sum(rle.runs(m) for _, m in masks) <= MAX_MASK_RUNS:
-            # Column-major pixel numbers: a band starts x0 full columns into the strip.
-            defect["mask_rle"] = " ".join(rle.encode(m, start=x0 * height) for x0, m in masks)
+        # Column-major pixel numbers: a band starts x0 full columns into the strip.
+        pairs = [cc.flat_runs(r, start=x0 * height) for x0, r in runs]
+        if sum(starts.size for starts, _ in pairs) <= MAX_MASK_RUNS:
+            defect["mask_rle"] = " ".join(_rle_text(starts, lengths) for starts, lengths in pairs)
         else:
             defect["mask_rle"] = _box_rle(_union(boxes), height)
             defect["mask_truncated"] = True
@@ -146,6 +179,13 @@ def defects_in_bands(bands: list[tuple[int, np.ndarray]], spec: ModelSpec) -> li
             defect["components_total"] = count
         defects.append(defect)
     return defects
+
+
+def _rle_text(starts: np.ndarray, lengths: np.ndarray) -> str:
+    """``edge.protocol.rle``'s text of runs given 0-based: 1-based ``start length`` pairs."""
+    pairs = np.empty(starts.size * 2, dtype=np.int64)
+    pairs[0::2], pairs[1::2] = starts + 1, lengths
+    return " ".join(map(str, pairs.tolist()))
 
 
 def _union(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:

@@ -1,9 +1,11 @@
 """Between pixels and tensors: what a model's config says about its input and output.
 
 ``InputAdapter`` turns strips into windows (tiles, or the whole strip to resize) and writes them
-into a preallocated batch buffer in the model's layout and normalization. ``OutputAdapter`` turns
-raw outputs into per-class probabilities: scores (N x K) for classifiers, maps (N x K x h x w)
-for segmenters.
+into a preallocated batch buffer: uint8 pixels for a fused model (``build_engine.graph``: the
+normalisation and layout run in the model's graph), else in the model's layout and
+normalization. ``OutputAdapter`` turns outputs into per-class probabilities: scores (N x K,
+float32) for classifiers, maps (N x K x h x w, uint8 ``round(255 * p)``) for segmenters, from a
+fused model's outputs as they are or from a raw model's logits on the host.
 """
 
 from __future__ import annotations
@@ -11,8 +13,54 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from build_engine.graph import PROB_SCALE, GraphIO
 from edge.vision.modelspec import ModelSpec
 from edge.vision.tiling import Window, cut_tile, tile_grid
+
+
+def graph_io(spec: ModelSpec) -> GraphIO:
+    """What the fused graph's prologue and epilogue must do for this model's config."""
+    adapter = InputAdapter(spec)
+    gain, offset = adapter.gain, adapter.offset
+    if adapter.uniform:  # one multiply-add for every channel: scalar constants in the graph
+        gain, offset = gain[:1], offset[:1]
+    return GraphIO(
+        role=spec.role,
+        input_name=spec.input.name,
+        input_layout=spec.input.layout,
+        channels=spec.input.channels,
+        height=spec.feed.height,
+        width=spec.feed.width,
+        gain=tuple(float(g) for g in gain),
+        offset=tuple(float(o) for o in offset),
+        output_name=spec.output.name,
+        output_layout=spec.output.layout,
+        activation=spec.output.activation,
+        background_index=spec.output.background_index,
+        classes=spec.num_classes,
+    )
+
+
+def quantise(probs: np.ndarray) -> np.ndarray:
+    """Float probabilities as a fused segmenter returns them: uint8 round(255 * p)."""
+    scaled = np.multiply(probs, np.float32(PROB_SCALE), dtype=np.float32)
+    np.add(scaled, np.float32(0.5), out=scaled)
+    np.clip(scaled, 0.0, float(PROB_SCALE), out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def mask_level(threshold: float) -> int:
+    """The uint8 map value a probability threshold means: ``p >= t`` is ``q >= mask_level(t)``.
+
+    A map holds q = round(255 p), so q >= L is p >= (L - 0.5) / 255: L = round(255 t + 0.5)
+    puts that within 0.5 / 255 of t. At least 1 for any t > 0 (0, outside what was
+    segmented, never passes a positive threshold); 256 (nothing passes) above 1.
+    """
+    if threshold <= 0:
+        return 0
+    if threshold > 1:
+        return PROB_SCALE + 1
+    return max(1, min(PROB_SCALE, round(threshold * PROB_SCALE + 0.5)))
 
 
 class InputAdapter:
@@ -25,10 +73,10 @@ class InputAdapter:
         std = np.broadcast_to(np.asarray(inp.std, np.float32), (self.channels,))
         mean = np.broadcast_to(np.asarray(inp.mean, np.float32), (self.channels,))
         # x = (p * scale - mean) / std, folded into one multiply-add per pixel.
-        self._gain = (inp.scale / std).astype(np.float32)
-        self._offset = (-mean / std).astype(np.float32)
-        self._uniform = bool(
-            np.all(self._gain == self._gain[0]) and np.all(self._offset == self._offset[0])
+        self.gain = (inp.scale / std).astype(np.float32)
+        self.offset = (-mean / std).astype(np.float32)
+        self.uniform = bool(
+            np.all(self.gain == self.gain[0]) and np.all(self.offset == self.offset[0])
         )
 
     @property
@@ -39,7 +87,10 @@ class InputAdapter:
         h, w = self.model_hw
         return (self.channels, h, w) if self.spec.input.layout == "NCHW" else (h, w, self.channels)
 
-    def new_batch(self, max_batch: int) -> np.ndarray:
+    def new_batch(self, max_batch: int, fused: bool = False) -> np.ndarray:
+        """A batch buffer: the model's input, or a fused model's uint8 N x h x w x C pixels."""
+        if fused:
+            return np.empty((max_batch, *self.model_hw, self.channels), np.uint8)
         return np.empty((max_batch, *self.sample_shape()), dtype=self.dtype)
 
     def windows(self, height: int, width: int) -> list[Window]:
@@ -78,13 +129,24 @@ class InputAdapter:
         """Normalise h x w x C uint8 pixels into batch[index] in the model's layout."""
         target = batch[index]
         source = pixels.transpose(2, 0, 1) if self.spec.input.layout == "NCHW" else pixels
-        if self._uniform:
-            np.multiply(source, self._gain[0], out=target, casting="unsafe")
-            target += self._offset[0]
+        if self.uniform:
+            np.multiply(source, self.gain[0], out=target, casting="unsafe")
+            target += self.offset[0]
             return
         axis_shape = (-1, 1, 1) if self.spec.input.layout == "NCHW" else (1, 1, -1)
-        np.multiply(source, self._gain.reshape(axis_shape), out=target, casting="unsafe")
-        target += self._offset.reshape(axis_shape)
+        np.multiply(source, self.gain.reshape(axis_shape), out=target, casting="unsafe")
+        target += self.offset.reshape(axis_shape)
+
+
+def _resized(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """N x K x h x w maps at height x width, bilinear, in their dtype."""
+    resized = np.empty((*maps.shape[:2], height, width), maps.dtype)
+    for i in range(maps.shape[0]):
+        # cv2.resize takes up to 512 channels as H x W x C.
+        hwc = np.ascontiguousarray(maps[i].transpose(1, 2, 0))
+        out = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
+        resized[i] = out.reshape(height, width, -1).transpose(2, 0, 1)
+    return resized
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -104,9 +166,41 @@ def softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 class OutputAdapter:
-    def __init__(self, spec: ModelSpec) -> None:
+    """``fused``: outputs come from a fused graph (probabilities already); else raw outputs."""
+
+    def __init__(self, spec: ModelSpec, fused: bool = False) -> None:
         self.spec = spec
         self.out = spec.output
+        self.fused = fused
+
+    def check_declared(self, shape: list[int | None]) -> None:
+        """The model's declared output shape (None: unknown) against its config, before any
+        run: a fused graph must be built on the right axes, and the error names the key."""
+        if self.spec.role == "classifier":
+            if len(shape) != 2:
+                raise ValueError(
+                    f"classifier {self.spec.name!r} output has shape {shape}; expected "
+                    f"[N, {self._expected_channels()}] (one per class; check output.name)"
+                )
+            if shape[1] is not None:
+                self._check_channels(shape, axis=1)
+            return
+        if len(shape) != 4:
+            raise ValueError(
+                f"segmenter {self.spec.name!r} output has shape {shape}; expected 4-D "
+                f"(output.layout = {self.out.layout!r}; check output.name)"
+            )
+        axis = 1 if self.out.layout == "NCHW" else 3
+        if shape[axis] is not None or shape[4 - axis] is not None:
+            self._check_channels(shape, axis=axis)
+
+    def _fused_shape(self, raw: np.ndarray, ndim: int) -> None:
+        k = self.spec.num_classes
+        if raw.ndim != ndim or raw.shape[1] != k:
+            raise ValueError(
+                f"fused {self.spec.role} {self.spec.name!r} returned shape {list(raw.shape)}; "
+                f"expected [N, {k}{', h, w' if ndim == 4 else ''}]"
+            )
 
     def _probabilities(self, raw: np.ndarray, class_axis: int) -> np.ndarray:
         raw = raw.astype(np.float32, copy=False)
@@ -163,6 +257,9 @@ class OutputAdapter:
 
     def scores(self, raw: np.ndarray) -> np.ndarray:
         """Classifier output (N x K logits or probabilities) -> N x K probabilities."""
+        if self.fused:
+            self._fused_shape(raw, 2)
+            return raw
         if raw.ndim != 2:
             raise ValueError(
                 f"classifier {self.spec.name!r} output has shape {list(raw.shape)}; expected "
@@ -172,7 +269,17 @@ class OutputAdapter:
         return self._probabilities(raw, class_axis=1)
 
     def maps(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
-        """Segmenter output -> N x K x height x width probabilities at the window's size."""
+        """Segmenter output -> N x K x height x width uint8 maps, round(255 * p), at the
+        window's size: what the stitching and the thresholds take."""
+        if not self.fused:
+            return quantise(self.float_maps(raw, height, width))
+        self._fused_shape(raw, 4)
+        if raw.shape[2:] == (height, width):
+            return raw
+        return _resized(raw, height, width)
+
+    def float_maps(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Raw segmenter output -> N x K x height x width float32 probabilities."""
         if raw.ndim != 4:
             raise ValueError(
                 f"segmenter {self.spec.name!r} output has shape {list(raw.shape)}; expected 4-D "
@@ -184,13 +291,7 @@ class OutputAdapter:
         probs = self._probabilities(raw, class_axis=1)
         if probs.shape[2:] == (height, width):
             return probs
-        resized = np.empty((*probs.shape[:2], height, width), np.float32)
-        for i in range(probs.shape[0]):
-            # cv2.resize takes up to 512 channels as H x W x C.
-            hwc = np.ascontiguousarray(probs[i].transpose(1, 2, 0))
-            out = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
-            resized[i] = out.reshape(height, width, -1).transpose(2, 0, 1)
-        return resized
+        return _resized(probs, height, width)
 
     def _check_channels(self, shape: list[int], axis: int) -> None:
         """Raw class outputs on ``axis`` of an output of this shape, as the config implies."""

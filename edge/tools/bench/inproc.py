@@ -177,8 +177,8 @@ def _call_until(backend: Any, batch: np.ndarray, until: float, calls: list[float
 
 
 def _tile_batch(stage: Stage, pool: StripPool, size: int) -> np.ndarray:
-    """``size`` distinct normalised tiles from the pool, in the model's input layout."""
-    batch = stage.inputs.new_batch(size)
+    """``size`` distinct tiles from the pool, as the stage's model takes them."""
+    batch = stage.new_batch(size)
     windows = [
         (image, window)
         for image in pool.images
@@ -186,7 +186,7 @@ def _tile_batch(stage: Stage, pool: StripPool, size: int) -> np.ndarray:
     ]
     for j in range(size):
         image, window = windows[j % len(windows)]
-        stage.inputs.write(batch, j, stage.inputs.pixels_for(image, window))
+        stage.put(batch, j, stage.inputs.pixels_for(image, window))
     return batch
 
 
@@ -311,12 +311,12 @@ def naive_event(cascade: Cascade, frame: Frame) -> dict[str, Any]:
     height, width = image.shape[:2]
     scores = np.zeros(cls.spec.num_classes, np.float32)
     for window in cls.inputs.windows(height, width):
-        cls.inputs.write(cls.buffer, 0, cls.inputs.pixels_for(image, window))
+        cls.put(cls.buffer, 0, cls.inputs.pixels_for(image, window))
         np.maximum(scores, cls.outputs.scores(cls.backend.infer(cls.buffer[:1]))[0], out=scores)
     stitcher = Stitcher(seg.spec.num_classes, height, width)
     tile_h, tile_w = seg.inputs.model_hw
     for window in seg.inputs.windows(height, width):
-        seg.inputs.write(seg.buffer, 0, seg.inputs.pixels_for(image, window))
+        seg.put(seg.buffer, 0, seg.inputs.pixels_for(image, window))
         raw = seg.backend.infer(seg.buffer[:1])
         if seg.inputs.feed.mode == "resize":
             stitcher.set_whole(seg.outputs.maps(raw, height, width)[0])

@@ -52,10 +52,8 @@ def run_models(
         work, scores = cascade.classify([image])
         every = cascade.segment_work([image], [[w for _, w in work]])
         stitcher = Stitcher(spec.num_classes, *image.shape[:2])
-        th, tw = cascade.segmenter.inputs.model_hw
-        for start, raw in cascade.segmenter.run_chunks([image], every):
-            maps = cascade.segmenter.outputs.maps(raw, th, tw)
-            for j, (_, window) in enumerate(every[start : start + raw.shape[0]]):
+        for start, maps in cascade.segmenter.probability_maps([image], every):
+            for j, (_, window) in enumerate(every[start : start + maps.shape[0]]):
                 stitcher.add(window, maps[j])
         result = cascade.run([image])[0]
         deployed = np.zeros((NUM_CLASSES, *image.shape[:2]), bool)

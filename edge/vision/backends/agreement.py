@@ -45,7 +45,7 @@ def probabilities(spec: ModelSpec, raw: np.ndarray) -> np.ndarray:
     if spec.role == "classifier":
         return adapter.scores(raw)
     height, width = InputAdapter(spec).model_hw
-    return adapter.maps(raw, height, width)
+    return adapter.float_maps(raw, height, width)
 
 
 def compare(spec: ModelSpec, reference_raw: np.ndarray, raw: np.ndarray) -> Agreement:

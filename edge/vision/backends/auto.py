@@ -100,7 +100,11 @@ def create(
     engines: Path | None = None,
     rebuild_stale: bool = False,
     facts: EnvFacts | None = None,
+    fused: bool = False,
 ) -> Backend:
+    """A backend for one model. ``fused``: ONNX Runtime runs the model inside its prologue and
+    epilogue (``build_engine.graph``); a TensorRT engine is fused if it was built so (its
+    ``fused`` attribute says which, whatever was asked)."""
     if requested not in BACKENDS:
         raise BackendError(f"unknown backend {requested!r}; use one of {list(BACKENDS)}")
     choice = choose(requested, engines=engines, facts=facts)
@@ -124,6 +128,7 @@ def create(
         max_batch=max_batch,
         threads=threads,
         providers=provider_options(choice.providers, engines),
+        fused=fused,
     )
 
 

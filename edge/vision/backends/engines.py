@@ -36,6 +36,7 @@ from build_engine.sidecar import (
 from edge.settings import format_validation_error
 from edge.vision.backends.base import BackendError
 from edge.vision.modelspec import ModelFiles, ModelSpec
+from edge.vision.preprocess import graph_io
 
 
 def model_facts(files: ModelFiles) -> ModelFacts:
@@ -49,6 +50,7 @@ def model_facts(files: ModelFiles) -> ModelFacts:
         sha256=files.sha256,
         spec=files.spec.model_dump(mode="json"),
         config=config if config.is_file() else None,
+        graph=graph_io(files.spec).to_dict(),
     )
 
 
@@ -97,9 +99,18 @@ def read_sidecar(path: Path) -> Sidecar:
 
 
 def check(
-    sidecar: Sidecar, facts: EnvFacts, onnx_sha256: str, engine_sha256: str | None = None
+    sidecar: Sidecar,
+    facts: EnvFacts,
+    onnx_sha256: str,
+    engine_sha256: str | None = None,
+    graph: dict | None = None,
 ) -> list[Mismatch]:
-    """Every field that stops this engine from being loaded here (empty: it may be loaded)."""
+    """Every field that stops this engine from being loaded here (empty: it may be loaded).
+
+    ``graph``: the prologue and epilogue the model's config implies now; a fused engine must
+    have been built with exactly these (an engine built unfused still runs, pre- and
+    post-processed on the host).
+    """
 
     def known(value: str | None) -> str:
         return "(unknown: " + "; ".join(facts.problems) + ")" if value is None else value
@@ -111,6 +122,9 @@ def check(
         found.append(Mismatch("source_sha256", sidecar.source_sha256, onnx_sha256))
     if engine_sha256 is not None and sidecar.engine_sha256 != engine_sha256:
         found.append(Mismatch("engine_sha256", sidecar.engine_sha256, engine_sha256))
+    if graph is not None and sidecar.fused is not None and sidecar.fused != graph:
+        changed = sorted(k for k in graph if sidecar.fused.get(k) != graph[k])
+        found.append(Mismatch("fused", f"built with other {', '.join(changed)}", "its config"))
     if sidecar.tensorrt_version != facts.tensorrt_version:
         found.append(
             Mismatch("tensorrt_version", sidecar.tensorrt_version, known(facts.tensorrt_version))
@@ -138,7 +152,9 @@ def locate(root: Path, files: ModelFiles, facts: EnvFacts) -> EngineFiles:
     if not plan.is_file():
         raise MissingEngine(f"no TensorRT engine for model {files.model_id} at {plan}: {fix}")
     sidecar = read_sidecar(folder / SIDECAR_FILE)
-    mismatches = check(sidecar, facts, files.sha256, file_sha256(plan))
+    mismatches = check(
+        sidecar, facts, files.sha256, file_sha256(plan), graph_io(files.spec).to_dict()
+    )
     if mismatches:
         raise StaleEngine(
             f"TensorRT engine {plan} does not match model {files.model_id} on this machine, "

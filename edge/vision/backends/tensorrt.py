@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from build_engine.graph import PIXELS, PROBS, SCORES
 from build_engine.machine import INSTALL_HINT
 from build_engine.sidecar import EngineFiles
 from edge.vision.backends.base import BackendError, check_input_shape
@@ -65,6 +66,9 @@ class TensorRTBackend:
         trt, cuda = import_gpu()
         self.files = files
         self.engine_files = engine
+        # Built around its prologue and epilogue (build_engine.graph): uint8 in, probabilities
+        # out. An engine built before fusing runs on the host's pre- and post-processing.
+        self.fused = engine.sidecar.fused is not None
         self._cuda = cuda
         self._trt_version = trt.__version__
         cuda.init()
@@ -106,10 +110,15 @@ class TensorRTBackend:
                 f"engine {plan} has inputs {inputs}; the daemon feeds models with one input"
             )
         self.input_name = inputs[0]
-        self.output_name = _pick(outputs, files.spec.output.name, plan)
-        if files.spec.input.name not in (None, self.input_name):
+        wanted_in, wanted_out = files.spec.input.name, files.spec.output.name
+        if self.fused:  # the fused graph's own I/O (build_engine.graph)
+            h, w = files.spec.feed.height, files.spec.feed.width
+            wanted_in, wanted_out = PIXELS, SCORES if files.spec.role == "classifier" else PROBS
+            sample_shape = (h, w, files.spec.input.channels)
+        self.output_name = _pick(outputs, wanted_out, plan)
+        if wanted_in not in (None, self.input_name):
             raise BackendError(
-                f"engine {plan} has no input named {files.spec.input.name!r} (input.name in the "
+                f"engine {plan} has no input named {wanted_in!r} (input.name in the "
                 f"model's config); its input is {self.input_name!r}"
             )
         shape = [int(d) for d in engine.get_tensor_shape(self.input_name)]
@@ -150,7 +159,10 @@ class TensorRTBackend:
             host_out = self.host[self.output_name]
             cuda.memcpy_dtoh_async(host_out[:n], self.device[self.output_name], self.stream)
             self.stream.synchronize()
-        # The pinned buffer is reused by the next batch: hand out a copy.
+        # The pinned buffer is reused by the next batch: hand out a copy (a fused engine's
+        # uint8 maps as they are: a quarter of float32's bytes).
+        if self.fused:
+            return host_out[:n].copy()
         return host_out[:n].astype(np.float32)
 
     def describe(self) -> dict[str, str]:
