@@ -25,7 +25,7 @@ from edge.daemon.config import Config
 from edge.daemon.frames import Frame
 from edge.daemon.metrics import Metrics
 from edge.daemon.models import Handover
-from edge.daemon.publisher import Batch, InferenceFailed, Part, Retire
+from edge.daemon.outcomes import Batch, InferenceFailed, Part, Retire
 from edge.daemon.workqueue import Closed, WorkQueue
 from edge.vision.cascade import Cascade, Inferred
 from edge.vision.replicas import Replicas

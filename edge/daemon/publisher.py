@@ -1,12 +1,12 @@
-"""The publisher thread: post-processing of inferred batches into result events, and sending.
+"""The publisher thread: the one owner of the PUB socket; events leave in ticket order.
 
-Stitching, thresholds, components and RLE run here, so the models start on the next batch
-meanwhile (see ``edge.daemon.inference``). A batch is post-processed as soon as it arrives,
-whichever worker finished it; its events are then sent in ticket order, the order the batches
-left the work queue, so each camera's results leave in the order its frames came. Only the small
-finished events wait for an earlier ticket, never the batch's probability maps. Everything
-else the daemon publishes (rejects, drops, gaps, restarts) arrives ready-made through the same
-outbox and leaves at once, with a status message every ``status_interval_s``.
+Batches arrive post-processed (``Finished``: the finishing threads, ``edge.daemon.finishers``,
+stitch and threshold them in parallel, whichever worker inferred them); their events are sent in
+ticket order, the order the batches left the work queue, so each camera's results leave in the
+order its frames came. Only the small finished events wait for an earlier ticket, never a
+batch's probability maps. Everything else the daemon publishes (rejects, drops, gaps, restarts)
+arrives ready-made through the same outbox and leaves at once, with a status message every
+``status_interval_s``. A ``Batch`` put on the outbox itself is post-processed here.
 """
 
 from __future__ import annotations
@@ -15,20 +15,31 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from edge import protocol
 from edge.daemon.config import Config
-from edge.daemon.frames import Frame
 from edge.daemon.ledger import Ledger
 from edge.daemon.metrics import Metrics
-from edge.daemon.sinks import EventPublisher, result_events
-from edge.protocol import FrameHeader
-from edge.vision.cascade import Cascade, Inferred
-from edge.vision.replicas import Replicas
+from edge.daemon.outcomes import (
+    Batch,
+    Finished,
+    InferenceFailed,
+    Outgoing,
+    Part,
+    Rejected,
+    Result,
+    Retire,
+    post_process,
+)
+from edge.daemon.sinks import EventPublisher
+
+__all__ = [
+    "REBIND", "STOP", "Batch", "Finished", "InferenceFailed", "Outgoing", "Part",
+    "PublishLoop", "Rejected", "Result", "Retire",
+]  # fmt: skip
 
 log = structlog.get_logger(__name__)
 STOP = object()  # the last item of the outbox: publish a final status and close
@@ -36,61 +47,6 @@ STOP = object()  # the last item of the outbox: publish a final status and close
 REBIND = object()
 # Per-frame events: once one is sent, its frame is settled in the ledger (edge.daemon.seqstate).
 PER_FRAME = (protocol.KIND_RESULT, protocol.KIND_REJECT, protocol.KIND_DROP)
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceFailed:
-    """The models failed on a frame alone; ``reason`` is the text of its ``reject``."""
-
-    reason: str
-
-
-# A run of a batch's frames and what the models made of them: their Inferred, or (for a frame
-# alone) InferenceFailed.
-Part = tuple[list[Frame], Inferred | InferenceFailed]
-
-
-@dataclass(slots=True)
-class Batch:
-    ticket: int  # its place in the output order (edge.daemon.inference)
-    parts: list[Part]  # its frames, in order, with their outcomes
-    cascade: Cascade  # the one that inferred it: a reload must not split a batch across two
-
-
-@dataclass(slots=True)
-class Result:
-    """A frame's result event, made, waiting for its turn (without the frame's pixels)."""
-
-    header: FrameHeader
-    received_ns: int  # its latency is stamped when it is sent
-    event: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A frame's reject event, made, waiting for its turn: ``reason`` says what failed."""
-
-    header: FrameHeader
-    reason: str
-    event: dict[str, Any]
-
-    @classmethod
-    def of(cls, frame: Frame, reason: str) -> Rejected:
-        header = frame.header
-        event = protocol.reject_event(header.camera, header.seq, reason, header.ts_ns)
-        return cls(header, reason, event)
-
-
-# One frame's event, waiting for its turn to be sent.
-Outgoing = Result | Rejected
-
-
-@dataclass(slots=True)
-class Retire:
-    """Models replaced by a reload; closed once every batch they inferred is published."""
-
-    replicas: Replicas
-    after_ticket: int  # the last ticket the old models served (-1: none)
 
 
 class PublishLoop:
@@ -130,7 +86,10 @@ class PublishLoop:
                     continue
                 if item is STOP:
                     break
-                if isinstance(item, Batch):
+                if isinstance(item, Finished):
+                    self._ready[item.ticket] = item.outgoing
+                    self._send_in_order(publisher)
+                elif isinstance(item, Batch):
                     self._ready[item.ticket] = self.post_process(item)
                     self._send_in_order(publisher)
                 elif isinstance(item, Retire):
@@ -163,39 +122,12 @@ class PublishLoop:
             item.replicas.close()
 
     def post_process(self, batch: Batch) -> list[Outgoing]:
-        """Every frame's event, in frame order: a result, or a reject naming what failed."""
+        """A batch's events made here, on the publisher thread (the daemon's finishing threads
+        do it for the batches of its inference workers)."""
         try:
-            made: list[Outgoing] = []
-            for frames, outcome in batch.parts:
-                if isinstance(outcome, InferenceFailed):
-                    made += [Rejected.of(frame, outcome.reason) for frame in frames]
-                else:
-                    made += self._results(batch.cascade, frames, outcome)
-            return made
+            return post_process(batch, self._metrics)
         finally:
             self._unfinished.release()
-
-    def _results(self, cascade: Cascade, frames: list[Frame], inferred: Inferred) -> list[Outgoing]:
-        start = time.perf_counter()
-        try:
-            results = cascade.finish(inferred)
-            events = result_events(cascade, frames, results)
-        except Exception:
-            # Every frame still gets its one event, and the publisher serves on.
-            log.exception(
-                "post-processing failed",
-                throttle=True,
-                frames=[f"{f.header.camera}/{f.header.seq}" for f in frames],
-            )
-            return [
-                Rejected.of(f, f"post-processing failed on a {list(f.header.shape)} frame")
-                for f in frames
-            ]
-        self._metrics.stage("postprocess", time.perf_counter() - start)
-        return [
-            Result(frame.header, frame.received_ns, event)
-            for frame, (_, event) in zip(frames, events, strict=True)
-        ]
 
     def _send(self, batch: list[Outgoing], publisher: EventPublisher) -> None:
         try:

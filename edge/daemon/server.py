@@ -4,9 +4,11 @@
                        become events right here)
     inference workers  WorkQueue -> batches across cameras -> Cascade.infer on the worker's
                        own copy of the models; each batch gets a ticket (edge.daemon.inference)
-    publisher thread   Cascade.finish (stitching) and post-processing of each inferred batch
-                       into result events, in ticket order, while the models run the next
-                       ones; events -> PUB socket; a periodic status message (edge.daemon.publisher)
+    finishing threads  Cascade.finish (stitching) and post-processing of each inferred batch
+                       into result events, as many at once as there are inference workers,
+                       while the models run the next ones (edge.daemon.finishers)
+    publisher thread   events -> PUB socket in ticket order; a periodic status message
+                       (edge.daemon.publisher)
 
 The main thread loads the models, binds the sockets (CURVE optional), starts the metrics/health
 HTTP server if asked, tells systemd READY=1, then watches: watchdog pings only while every
@@ -32,6 +34,7 @@ import zmq
 from edge import __version__, protocol
 from edge.daemon import seqstate
 from edge.daemon.config import Config
+from edge.daemon.finishers import Finishers
 from edge.daemon.frames import Frame
 from edge.daemon.inference import InferenceWorkers
 from edge.daemon.ledger import Ledger
@@ -84,6 +87,8 @@ class Server:
         self.receiver: Receiver | None = None
         self._queue: WorkQueue[Frame] = WorkQueue(config.queue_size, config.overload)
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._finishing: queue.SimpleQueue[Any] = queue.SimpleQueue()  # workers -> finishers
+        self.finishers: Finishers | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._started_at = time.monotonic()
         self.notifier = Notifier()
@@ -235,17 +240,21 @@ class Server:
         self, publisher: EventPublisher, receiver: Receiver, replicas: Replicas
     ) -> InferenceWorkers:
         workers = self.workers = InferenceWorkers(
-            replicas, self._queue, self._outbox, self._handover, self.metrics,
+            replicas, self._queue, self._finishing, self._handover, self.metrics,
             lambda: self.config, lambda: self.failure is not None, drop=receiver.drop,
         )  # fmt: skip
         publishing = PublishLoop(
             self._outbox, workers.tickets, workers.unfinished, self.ledger, self.metrics,
             self.status, lambda: self.config,
         )  # fmt: skip
+        finishers = self.finishers = Finishers(
+            self._finishing, self._outbox, workers.unfinished, self.metrics, workers.count
+        )
         roles: dict[str, Callable[[], None]] = {
             "publisher": lambda: publishing.run(publisher),
             "receiver": receiver.run,
             **{f"inference-{i}": (lambda i=i: workers.run(i)) for i in range(workers.count)},
+            **{f"finishing-{i}": finishers.run for i in range(finishers.count)},
         }
         self._threads = {
             name: threading.Thread(target=self._guard(body), name=name)
@@ -341,6 +350,7 @@ class Server:
     def _drain(self) -> None:
         threads = dict(self._threads)
         publisher, receiver = threads.pop("publisher"), threads.pop("receiver")
+        finishing = [threads.pop(name) for name in list(threads) if name.startswith("finishing")]
         inference = list(threads.values())
         assert self.receiver is not None
         self.receiver.stop.set()
@@ -356,6 +366,10 @@ class Server:
                 worker.join()
         for frame in self._queue.take_all():
             self.receiver.drop(frame, "shutdown")
+        if self.finishers is not None:  # every inferred batch gets its events
+            self.finishers.stop()
+        for thread in finishing:
+            thread.join()
         self.reloads.join(self.config.drain_timeout_s)
         self._handover.discard()
         self._outbox.put(STOP)
@@ -376,6 +390,8 @@ class Server:
                 if self.receiver is not None:
                     self.receiver.stop.set()
                 self._queue.close()
+                if self.finishers is not None:
+                    self.finishers.stop()
                 if threading.current_thread().name == "publisher":
                     return
                 self._outbox.put(STOP)
