@@ -13,7 +13,15 @@ from typer.testing import CliRunner
 from edge.cli.main import app
 from edge.tools.bench.workload import synthetic_pool
 
-RATIOS = {"e2e_over_backend", "cascade_over_naive", "p99_over_p50"}
+RATIOS = {
+    "e2e_over_backend",
+    "cascade_over_naive",
+    "tail_inflation",
+    "drop_share_at_80",
+    "host_clean_cpu_ms",
+    "host_defective_cpu_ms",
+    "e2e_null_strips_per_s",
+}
 LATENCY = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
 SECTION = ("strips_per_s", "tiles_per_s", "latency", "batch_size_histogram", "drops", "settings")
 
@@ -82,7 +90,16 @@ def test_all_modes_write_every_documented_figure(tiny_repo: Path, tmp_path: Path
         assert all(number(r["tiles_per_s"]) for r in runs)
 
     e2e = report["e2e"]
-    assert [s["name"] for s in e2e["steps"]][-2:] == ["80% of saturation", "2x saturation"]
+    assert [s["name"] for s in e2e["steps"]][-3:] == [
+        "10% of saturation",
+        "80% of saturation",
+        "2x saturation",
+    ]
+    assert report["ratios"]["tail_inflation"] == e2e["tail_inflation"]
+    assert report["edge_bench"] == 2
+    # The same classifier pass over the same pool: the same share for both.
+    assert 0 < report["pipeline"]["gate_pass_share"] == e2e["gate_pass_share"] < 1
+    assert report["host"]["clean"]["cpu_ms_per_strip"] > 0
     assert e2e["memory"]["rss_mb_samples"], "the daemon's memory was sampled"
     assert e2e["accounting"]["sent"] > 0
     assert e2e["accounting"]["unaccounted"] == 0, e2e["accounting"]
@@ -165,3 +182,110 @@ def test_windowed_stitcher_equals_the_whole_one() -> None:
         banded.add(Window(0, x, 8, 6), probs)
     np.testing.assert_array_equal(banded.result(), whole.result())
     np.testing.assert_array_equal(banded.band(), whole.result()[:, :, 4:16])
+
+
+# -- the host mode: the daemon's own CPU per strip, on null models --------------------------
+
+
+@pytest.mark.slow
+def test_host_mode_measures_the_daemon_on_null_models(tiny_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "--mode", "host", "--models", str(tiny_repo), "--duration", "1"]
+    args += ["--pool", "10", "--workers", "2", "--threads", "1", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    host = report["host"]
+    assert set(host) == {"clean", "defective", "e2e_null", "targets", "settings"}
+    assert all(report[mode] is None for mode in ("backend", "pipeline", "naive", "e2e"))
+    for verdict in ("clean", "defective"):
+        run = host[verdict]
+        for key in ("cpu_ms_per_strip", "results", "dropped", "offered_per_s", "seconds", "cpu_s"):
+            assert number(run[key]), (verdict, key, run)
+        assert run["cpu_ms_per_strip"] > 0 and run["cpu_s"] > 0, run
+        assert run["results"] > 0.5 * run["offered_per_s"] * run["seconds"], run
+        # Every frame of the window was answered, or shed and counted.
+        assert run["results"] + run["dropped"] == run["sent"], run
+        assert run["rejects"] == 0 and run["kept_up"] == (run["dropped"] == 0)
+        assert run["cpu_ms_per_strip"] == pytest.approx(
+            run["cpu_s"] * 1000 / run["results"], rel=0.01
+        )
+        assert run["threads_by_name"], run
+    # The verdicts went through the real daemon: none defective, then every one.
+    assert host["clean"]["defective_results"] == 0 and host["clean"]["gate_pass_share"] == 0
+    defective = host["defective"]
+    assert defective["defective_results"] == defective["results"]
+    assert defective["gate_pass_share"] == 1
+    assert host["settings"]["offered_per_s"] == {"clean": 300.0, "defective": 40.0}
+    null = host["e2e_null"]
+    assert null["strips_per_s"] > 0
+    # 2 of the 10 synthetic strips are defective: some of their tiles, and no others, pass.
+    assert 0 < null["gate_pass_share"] < 0.2 + 1e-9
+    assert [s["name"] for s in null["steps"]][-2:] == ["10% of saturation", "80% of saturation"]
+    assert null["accounting"]["unaccounted"] == 0
+    assert host["targets"] == {"clean_ms": 0.4, "defective_ms": 5.0, "e2e_null_strips_per_s": 1500}
+    ratios = report["ratios"]
+    assert ratios["host_clean_cpu_ms"] == host["clean"]["cpu_ms_per_strip"]
+    assert ratios["host_defective_cpu_ms"] == defective["cpu_ms_per_strip"]
+    assert ratios["e2e_null_strips_per_s"] == null["strips_per_s"]
+    target = report["targets"]["host_defective_cpu_ms"]
+    assert target["target"] == "<= 5" and target["met"] == (defective["cpu_ms_per_strip"] <= 5)
+
+
+# -- tail_inflation and the drops at 80 %: the arithmetic -----------------------------------
+
+
+def _records(start_ns: int, latencies_ms: np.ndarray, kind: str = "result") -> list[tuple]:
+    from edge.tools.bench.agents import KINDS
+
+    rows = []
+    for i, ms in enumerate(latencies_ms):
+        ts = start_ns + int(1.5e9) + i * int(1e7)  # past the settle second, 10 ms apart
+        rows.append((KINDS.index(kind), 1, i, ts, ts + int(ms * 1e6), 0, 0, ms))
+    return rows
+
+
+def test_tail_inflation_is_p99_at_80_over_p99_at_low_load() -> None:
+    from edge.tools.bench.agents import KINDS, RECORD
+    from edge.tools.bench.e2e_results import Step, e2e_section, low_rate, step_figures
+    from edge.tools.bench.summary import ratios, targets
+
+    low, at80 = Step("10% of saturation", 10.0, 4.0), Step("80% of saturation", 80.0, 4.0)
+    low.start_ns, low.end_ns = 0, int(4e9)
+    at80.start_ns, at80.end_ns = int(10e9), int(14e9)
+    low_ms = np.linspace(10.0, 20.0, 50)
+    loaded_ms = np.linspace(10.0, 70.0, 100)
+    gap_ts = at80.start_ns + int(2e9)
+    rows = _records(low.start_ns, low_ms) + _records(at80.start_ns, loaded_ms)
+    rows += _records(at80.start_ns + int(2.2e9), np.zeros(2), "drop")
+    rows.append((KINDS.index("gap"), 1, 200, 0, gap_ts, 3, 0, 0.0))  # 3 frames lost in transport
+    records = np.array(rows, dtype=RECORD)
+    low.sent, at80.sent = 50, 105  # 100 results + 2 drops + 3 missing
+    for step in (low, at80):
+        step.figures = step_figures(step, records)
+    warm = Step("warm-up", 10.0, 1.0)
+    section = e2e_section({}, warm, [low], 100.0, low, at80, None, records, None, [])
+
+    want = np.percentile(loaded_ms, 99) / np.percentile(low_ms, 99)
+    assert section["tail_inflation"] == pytest.approx(want, abs=1e-3)
+    assert section["tail_inflation"] > 3  # 69.4 / 19.9 ms: the test can tell
+    assert section["drops_at_80"] == 5
+    assert section["drop_share_at_80"] == pytest.approx(5 / 105, abs=1e-6)
+    assert section["memory"] is None  # no 2x step was run
+    got = ratios({"e2e": section})
+    assert got["tail_inflation"] == section["tail_inflation"]
+    assert got["drop_share_at_80"] == section["drop_share_at_80"]
+    met = targets(got, {"e2e": section})
+    assert met["tail_inflation"]["met"] is False and met["drop_share_at_80"]["met"] is False
+    assert "memory_bounded_at_2x" not in met
+
+    # No latency sample at low load: no ratio rather than a made-up one.
+    empty = Step("10% of saturation", 10.0, 4.0)
+    empty.start_ns, empty.end_ns = int(20e9), int(24e9)
+    empty.figures = step_figures(empty, records)
+    assert (
+        e2e_section({}, warm, [low], 100.0, empty, at80, None, records, None, [])["tail_inflation"]
+        is None
+    )
+    # The low-load rate: 10 % of saturation, at least 5 strips/s, at most half of it.
+    assert (low_rate(1000.0), low_rate(20.0), low_rate(6.0)) == (100.0, 5.0, 3.0)

@@ -28,7 +28,11 @@ def bench(
         float, typer.Option(min=0.0, max=1.0, help="Share of defective synthetic strips.")
     ] = 0.2,
     mode: Annotated[
-        str, typer.Option(help="backend | pipeline | naive | e2e | all, or a comma-separated list.")
+        str,
+        typer.Option(
+            help="backend | pipeline | naive | e2e | host | all, or a comma-separated list "
+            "(host: the daemon's own CPU per strip, on null models with the pair's I/O)."
+        ),
     ] = "all",
     duration: Annotated[
         float, typer.Option(min=0.5, help="Seconds of measurement per mode (e2e: see docs).")
@@ -69,7 +73,8 @@ def bench(
         Path | None, typer.Option("--json", help="Write every figure and the machine to this file.")
     ] = None,
 ) -> None:
-    """Measure throughput and latency: bare models, the cascade, the naive way, the real daemon.
+    """Measure throughput and latency: bare models, the cascade, the naive way, the real daemon,
+    and the daemon's own CPU per strip (host).
 
     Example: edge bench --mode all --json bench.json
     """

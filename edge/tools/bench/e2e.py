@@ -1,8 +1,9 @@
 """The e2e mode: a camera process -> a real `edge run` process -> a subscriber process.
 
 Everything crosses ZeroMQ on 127.0.0.1, as on a line. The offered load is stepped up until the
-daemon saturates (it sheds load: drop events), then held at 80 % of that for latency, then at
-2x for the memory check. Latency is the camera's capture ``ts_ns`` (its header) to the moment
+daemon saturates (it sheds load: drop events), then held at 10 % of that (the latency the strips
+cost on their own), at 80 % for latency under load (``tail_inflation`` is the ratio of the two
+p99s), then at 2x for the memory check. Latency is the camera's capture ``ts_ns`` (its header) to the moment
 the subscriber receives the event, on this machine's one wall clock.
 
 Here: the load steps. The processes are started and stopped by ``e2e_processes``; each step's
@@ -20,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from edge.tools.bench.e2e_processes import REPLY_TIMEOUT_S, Agent, E2EError, start_line
-from edge.tools.bench.e2e_results import Step, e2e_section, saturated, step_figures
+from edge.tools.bench.e2e_processes import REPLY_TIMEOUT_S, Agent, E2EError, Line, start_line
+from edge.tools.bench.e2e_results import Step, e2e_section, low_rate, saturated, step_figures
 from edge.tools.bench.workload import StripPool
 
-__all__ = ["E2EError", "E2ESettings", "run_e2e"]
+__all__ = ["E2EError", "E2ESettings", "daemon_options", "offer", "run_e2e"]
 
 
 @dataclass
@@ -37,14 +38,14 @@ class E2ESettings:
     max_wait_ms: float
     queue_size: int
     cameras: int
-    step_s: float  # seconds of each ramp step
+    step_s: float  # seconds of each ramp step and of the low-load step
     latency_s: float  # seconds at 80 % of saturation
-    memory_s: float  # seconds at 2x saturation
+    memory_s: float  # seconds at 2x saturation; 0: no such step (no memory figures)
     estimate: float  # expected saturation, strips/s, to place the ramp
     engines: Path | None = None  # TensorRT engine folder (--backend tensorrt/auto)
 
 
-def _daemon_options(settings: E2ESettings) -> list[str]:
+def daemon_options(settings: E2ESettings) -> list[str]:
     """`edge run`'s options after its --source list."""
     return [
         "--publish", "tcp://127.0.0.1:*",
@@ -63,6 +64,22 @@ def _daemon_options(settings: E2ESettings) -> list[str]:
     ]  # fmt: skip
 
 
+def offer(line: Line, snapshot: Path, step: Step) -> Step:
+    """Offer ``step``'s load, wait until its frames are answered; its figures filled in."""
+    line.sampler.enter(step)
+    reply = line.camera.ask(
+        timeout_s=step.seconds + REPLY_TIMEOUT_S,
+        cmd="offer",
+        rate=step.offered,
+        seconds=step.seconds,
+    )
+    line.sampler.enter(None)
+    step.sent, step.start_ns, step.end_ns = reply["sent"], reply["start_ns"], reply["end_ns"]
+    _drain(line.subscriber, snapshot, step)
+    step.figures = step_figures(step, np.load(snapshot))
+    return step
+
+
 def run_e2e(
     pool: StripPool,
     settings: E2ESettings,
@@ -74,7 +91,7 @@ def run_e2e(
     ``between_steps`` runs after each step has drained, while the daemon is idle.
     """
     planned = (
-        2 * settings.step_s + 3 * settings.step_s + settings.latency_s + settings.memory_s + 10
+        2 * settings.step_s + 4 * settings.step_s + settings.latency_s + settings.memory_s + 10
     )
     done = 0.0
 
@@ -86,43 +103,31 @@ def run_e2e(
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         work = Path(tmp)
         strips = pool.save(work / "strips.npy")
-        with start_line(strips, settings.cameras, _daemon_options(settings), work) as line:
+        with start_line(strips, settings.cameras, daemon_options(settings), work) as line:
             advance(5, "started")
             snapshot = work / "events.npy"
 
-            def offer(step: Step) -> Step:
-                line.sampler.enter(step)
-                reply = line.camera.ask(
-                    timeout_s=step.seconds + REPLY_TIMEOUT_S,
-                    cmd="offer",
-                    rate=step.offered,
-                    seconds=step.seconds,
-                )
-                line.sampler.enter(None)
-                step.sent, step.start_ns, step.end_ns = (
-                    reply["sent"],
-                    reply["start_ns"],
-                    reply["end_ns"],
-                )
-                _drain(line.subscriber, snapshot, step)
-                step.figures = step_figures(step, np.load(snapshot))
-                advance(step.seconds, step.name)
+            def step(name: str, rate: float, seconds: float) -> Step:
+                done = offer(line, snapshot, Step(name, rate, seconds))
+                advance(seconds, name)
                 between_steps()
-                return step
+                return done
 
             estimate = max(settings.estimate, 0.5)
             # Warm-up: first batches of each size allocate; not part of any figure.
-            warm = offer(Step("warm-up", 0.5 * estimate, min(2.0, settings.step_s)))
-            ramp = [
-                offer(Step(f"ramp {f:g}x", f * estimate, settings.step_s)) for f in (0.5, 1.0, 1.5)
-            ]
+            warm = step("warm-up", 0.5 * estimate, min(2.0, settings.step_s))
+            ramp = [step(f"ramp {f:g}x", f * estimate, settings.step_s) for f in (0.5, 1.0, 1.5)]
             # Still keeping up: the estimate was low. Go on up, bounded in steps and so in time.
             while not saturated(ramp[-1].figures) and len(ramp) < 6:
                 rate = ramp[-1].offered * 1.5
-                ramp.append(offer(Step(f"ramp {rate / estimate:.3g}x", rate, settings.step_s)))
+                ramp.append(step(f"ramp {rate / estimate:.3g}x", rate, settings.step_s))
             saturation = max(s.figures["strips_per_s"] for s in ramp)
-            at80 = offer(Step("80% of saturation", 0.8 * saturation, settings.latency_s))
-            over = offer(Step("2x saturation", 2.0 * saturation, settings.memory_s))
+            # The reference of tail_inflation: hardly any queueing, the strips' own latency.
+            low = step("10% of saturation", low_rate(saturation), settings.step_s)
+            at80 = step("80% of saturation", 0.8 * saturation, settings.latency_s)
+            over = None
+            if settings.memory_s > 0:
+                over = step("2x saturation", 2.0 * saturation, settings.memory_s)
         records = np.load(snapshot)
     advance(5, "stopped")
     return e2e_section(
@@ -130,6 +135,7 @@ def run_e2e(
         warm,
         ramp,
         saturation,
+        low,
         at80,
         over,
         records,
@@ -161,6 +167,7 @@ def _settings_section(settings: E2ESettings) -> dict[str, Any]:
         "threads": settings.threads,
         "overload": "drop-oldest",
         "ramp_step_s": settings.step_s,
+        "low_load_step_s": settings.step_s,
         "latency_step_s": settings.latency_s,
         "memory_step_s": settings.memory_s,
         "ramp_estimate_strips_per_s": round(settings.estimate, 3),

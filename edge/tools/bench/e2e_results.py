@@ -11,6 +11,8 @@ from edge.tools.bench.agents import KINDS
 from edge.tools.bench.stats import latency_summary
 
 SETTLE_S = 1.0  # the start of each step is left out: the queue is still filling or draining
+LOW_LOAD = 0.1  # the low-load step, as a share of saturation: tail_inflation's reference
+LOW_LOAD_MIN_RATE = 5.0  # strips/s: below that a short step has too few latency samples
 RESULT, REJECT, DROP, GAP = (KINDS.index(k) for k in ("result", "reject", "drop", "gap"))
 
 
@@ -69,10 +71,35 @@ def step_figures(step: Step, records: np.ndarray) -> dict[str, Any]:
     }
 
 
+def shed(fig: dict[str, Any]) -> int:
+    """Frames a step's figures show as lost to load: drop events and frames missing in gaps."""
+    return int(fig["drops"] + fig["missing_in_transport"])
+
+
 def saturated(fig: dict[str, Any]) -> bool:
     """A step's figures show load shed or a pace under 90 % of what was offered."""
-    shed = fig["drops"] + fig["missing_in_transport"]
-    return shed > 0 or fig["strips_per_s"] < 0.9 * fig["offered_strips_per_s"]
+    return shed(fig) > 0 or fig["strips_per_s"] < 0.9 * fig["offered_strips_per_s"]
+
+
+def low_rate(saturation: float) -> float:
+    """The offered rate of the low-load step: LOW_LOAD x saturation, but at least
+    LOW_LOAD_MIN_RATE strips/s (so the step has latency samples), and at most half of it."""
+    return min(max(LOW_LOAD * saturation, LOW_LOAD_MIN_RATE), 0.5 * saturation)
+
+
+def tail_inflation(at80: dict[str, Any], low: dict[str, Any]) -> float | None:
+    """p99 latency at 80 % of saturation over p99 at low load: what queueing adds to the tail
+    (the strips' own spread, clean against defective, is in both and cancels)."""
+    loaded, idle = at80["latency"]["p99_ms"], low["latency"]["p99_ms"]
+    if loaded is None or not idle:
+        return None
+    return round(loaded / idle, 3)
+
+
+def load_shed_at(fig: dict[str, Any]) -> tuple[int, float | None]:
+    """Frames shed in a step, and their share of the frames sent in it."""
+    lost = shed(fig)
+    return lost, (round(lost / fig["sent"], 6) if fig["sent"] else None)
 
 
 def e2e_section(
@@ -80,23 +107,24 @@ def e2e_section(
     warm: Step,
     ramp: list[Step],
     saturation: float,
+    low: Step,
     at80: Step,
-    over: Step,
+    over: Step | None,
     records: np.ndarray,
     stopped: dict[str, Any] | None,
     rss_samples: list[tuple[float, float]],
 ) -> dict[str, Any]:
-    """The e2e section of the report; ``settings`` is what the run was told, as it is reported."""
+    """The e2e section of the report; ``settings`` is what the run was told, as it is reported.
+
+    ``over`` (the 2x step, for memory) is None when the run left it out.
+    """
     counts = (stopped or {}).get("counts", {})
-    memory = [v for _, v in over.rss_mb]
-    # The first seconds of the overload step fill the queue and ZeroMQ's buffers: growth is
-    # measured from there, so "flat" means what a plant cares about (no leak, no creep).
-    head = memory[: max(1, len(memory) // 5)]
-    tail = memory[-max(1, len(memory) // 5) :]
-    sent = sum(s.sent for s in (warm, *ramp, at80, over))
+    steps = [*ramp, low, at80, *([over] if over is not None else [])]
+    sent = sum(s.sent for s in (warm, *steps))
     kinds = records["kind"]
     answered = int(np.isin(kinds, (RESULT, REJECT, DROP)).sum())
     missing = int(records[kinds == GAP]["missing"].sum())
+    drops_at_80, drop_share_at_80 = load_shed_at(at80.figures)
     return {
         "strips_per_s": round(saturation, 3),
         # False when no ramp step shed load: the daemon was never pushed past what it can do,
@@ -105,19 +133,15 @@ def e2e_section(
         "tiles_per_s": None,  # filled in by the caller from the tiles per strip
         "latency": at80.figures["latency"],
         "latency_at": "80% of saturation",
+        "latency_low_load": low.figures["latency"],
+        "tail_inflation": tail_inflation(at80.figures, low.figures),
+        "tail_inflation_is": f"p99 latency at 80% of saturation / p99 at {low.name}",
+        "drops_at_80": drops_at_80,
+        "drop_share_at_80": drop_share_at_80,
         "drops": int((kinds == DROP).sum()),
         "missing_in_transport": missing,
-        "steps": [{"name": s.name, **s.figures} for s in (*ramp, at80, over)],
-        "memory": {
-            "offered_strips_per_s": round(over.offered, 3),
-            "seconds": over.figures["seconds"],
-            "drops": over.figures["drops"],
-            "rss_mb_samples": over.rss_mb,
-            "rss_mb_start": round(float(np.median(head)), 2) if memory else None,
-            "rss_mb_end": round(float(np.median(tail)), 2) if memory else None,
-            "rss_mb_max": round(max(memory), 2) if memory else None,
-            "rss_growth_mb": round(float(np.median(tail) - np.median(head)), 2) if memory else None,
-        },
+        "steps": [{"name": s.name, **s.figures} for s in steps],
+        "memory": _memory(over) if over is not None else None,
         "batch_size_histogram": (stopped or {}).get("batch_sizes"),
         # Every frame sent gets one result, reject or drop, or is reported missing in a gap.
         "accounting": {
@@ -129,4 +153,23 @@ def e2e_section(
         },
         "settings": settings,
         "rss_mb_all_samples": rss_samples,
+    }
+
+
+def _memory(over: Step) -> dict[str, Any]:
+    """The daemon's RSS over the 2x step."""
+    memory = [v for _, v in over.rss_mb]
+    # The first seconds of the overload step fill the queue and ZeroMQ's buffers: growth is
+    # measured from there, so "flat" means what a plant cares about (no leak, no creep).
+    head = memory[: max(1, len(memory) // 5)]
+    tail = memory[-max(1, len(memory) // 5) :]
+    return {
+        "offered_strips_per_s": round(over.offered, 3),
+        "seconds": over.figures["seconds"],
+        "drops": over.figures["drops"],
+        "rss_mb_samples": over.rss_mb,
+        "rss_mb_start": round(float(np.median(head)), 2) if memory else None,
+        "rss_mb_end": round(float(np.median(tail)), 2) if memory else None,
+        "rss_mb_max": round(max(memory), 2) if memory else None,
+        "rss_growth_mb": round(float(np.median(tail) - np.median(head)), 2) if memory else None,
     }

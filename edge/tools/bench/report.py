@@ -47,7 +47,8 @@ def render(report: dict[str, Any], console: Console) -> None:
             _num(section.get("drops")),
             _hist(section.get("batch_size_histogram")),
         )
-    console.print(modes)
+    if modes.row_count:
+        console.print(modes)
 
     backend = report.get("backend")
     if backend:
@@ -85,6 +86,10 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"(max {_num(memory['rss_mb_max'])}), {memory['drops']} drops"
         )
 
+    host = report.get("host")
+    if host:
+        _host_table(host, console)
+
     ratios = Table(title="ratios", title_justify="left")
     for column in ("ratio", "value", "target", "met"):
         ratios.add_column(column, justify="left" if column == "ratio" else "right")
@@ -101,3 +106,38 @@ def render(report: dict[str, Any], console: Console) -> None:
             + ", ".join(f"{m}: {v:.0f}%" for m, v in busy.items())
             + " of all cores; figures are lower than on an idle machine[/]"
         )
+
+
+def _host_table(host: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title="host: the daemon's own work, on null models with the pair's I/O",
+        title_justify="left",
+    )
+    columns = ("run", "offered/s", "results/s", "results", "CPU ms/strip", "drops", "gate pass")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for verdict in ("clean", "defective"):
+        run = host[verdict]
+        table.add_row(
+            verdict,
+            _num(run["offered_per_s"]),
+            _num(run["results"] / run["seconds"] if run["seconds"] else None),
+            _num(run["results"]),
+            _num(run["cpu_ms_per_strip"], 3),
+            _num(run["dropped"]),
+            _num(run["gate_pass_share"], 3),
+        )
+    null = host["e2e_null"]
+    table.add_row(
+        "e2e null (saturation; drops at 80 %)",
+        "-",
+        _num(null["strips_per_s"]),
+        "-",
+        "-",
+        _num(null["drops_at_80"]),
+        _num(null["gate_pass_share"], 3),
+    )
+    console.print(table)
+    for verdict in ("clean", "defective"):
+        if not host[verdict]["kept_up"]:
+            console.print(f"[yellow]host {verdict}: {host[verdict]['note']}[/]")

@@ -10,9 +10,13 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge.tools.bench.workload import StripPool
+    from edge.vision.cascade import Cascade
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 PERCENTILES = (50, 95, 99)
@@ -160,3 +164,64 @@ def machine_info() -> dict[str, Any]:
             )
         },
     }
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_cpu_s(path: Path) -> float | None:
+    """utime + stime of a /proc ``stat`` file, in seconds (None if it is gone)."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # utime, stime are fields 14 and 15 of stat: 12 and 13 after the ")" split.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far, all its threads together."""
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Per thread of a process: its OS name (``comm``) and the CPU seconds it has used."""
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        seconds = _stat_cpu_s(task / "stat")
+        try:
+            comm = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        if seconds is not None:
+            threads[int(task.name)] = (comm, seconds)
+    return threads
+
+
+def gate_counts(cascade: Cascade, pool: StripPool) -> dict[str, int]:
+    """One classifier pass over the pool: classifier tiles, how many passed the gate (for any
+    class), and the segmenter windows the gate then lets through."""
+    classified = passed = segmented = 0
+    for start in range(0, len(pool), 8):
+        images = pool.images[start : start + 8]
+        work, scores = cascade.classify(images)
+        passing = (scores >= cascade.gate).any(axis=1)
+        flagged: list[list[Any]] = [[] for _ in images]
+        for (i, window), hit in zip(work, passing, strict=True):
+            if hit:
+                flagged[i].append(window)
+        classified += len(work)
+        passed += int(passing.sum())
+        segmented += len(cascade.segment_work(images, flagged))
+    return {
+        "strips": len(pool),
+        "classifier_tiles": classified,
+        "passed_gate": passed,
+        "segmenter_tiles": segmented,
+    }
+
+
+def gate_pass_share(counts: dict[str, int]) -> float | None:
+    """Classifier tiles that passed the gate / classifier tiles."""
+    tiles = counts["classifier_tiles"]
+    return round(counts["passed_gate"] / tiles, 4) if tiles else None
