@@ -189,7 +189,7 @@ def fused_onnx(model: ModelFacts, path: Path) -> Path:
     except ImportError:
         raise BuildError("fusing the pre- and post-processing needs the onnx package") from None
     try:
-        fused = fuse(onnx.load(str(model.onnx_path)), GraphIO(**model.graph), quantize="Cast")
+        fused = fuse(onnx.load(str(model.onnx_path)), GraphIO(**model.graph), target="tensorrt")
     except (FuseError, TypeError) as err:
         raise BuildError(
             f"model {model.model_id}: cannot fuse its pre/post-processing: {err}"

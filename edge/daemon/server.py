@@ -48,7 +48,7 @@ from edge.daemon.models import (
     prepare,
     step,
 )
-from edge.daemon.notify import Heartbeat, Notifier
+from edge.daemon.notify import Heartbeat, Notifier, name_os_thread
 from edge.daemon.publisher import REBIND, STOP, PublishLoop
 from edge.daemon.receiver import Receiver
 from edge.daemon.security import CurveServer
@@ -381,6 +381,7 @@ class Server:
         """Run a thread body; an unexpected error stops the daemon loudly instead of hanging it."""
 
         def body() -> None:
+            name_os_thread(threading.current_thread().name)
             try:
                 target()
             except BaseException as exc:

@@ -151,7 +151,7 @@ def _fused_model(
     shape = [d if isinstance(d, int) and d > 0 else None for d in output.shape]
     try:
         OutputAdapter(spec).check_declared(shape)
-        fused = fuse(model, graph_io(spec), quantize="QuantizeLinear")
+        fused = fuse(model, graph_io(spec), target="onnxruntime")
     except (ValueError, onnx.checker.ValidationError) as exc:  # FuseError is a ValueError
         raise BackendError(f"model {files.model_id}: {exc}") from None
     return fused.SerializeToString(), (model_input, output.shape)
