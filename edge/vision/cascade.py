@@ -261,13 +261,19 @@ class Cascade:
         passing = flags.any(axis=1)
         suspicious: list[list[Window]] = [[] for _ in images]
         flagged: dict[int, list[tuple[Window, np.ndarray]]] = {}
-        strip_scores = [np.zeros(self.classifier.spec.num_classes, np.float32) for _ in images]
-        for (i, window), row, hit, classes in zip(work, scores, passing, flags, strict=True):
-            np.maximum(strip_scores[i], row, out=strip_scores[i])
-            if hit:
-                suspicious[i].append(window)
-                if self.per_class:
-                    flagged.setdefault(i, []).append((window, classes))
+        # Work is strip after strip, every strip one window at least: a strip's score per class
+        # is the maximum over its run of rows (one reduceat, not a call per window).
+        per_strip = [len(self.classifier.inputs.windows(*image.shape[:2])) for image in images]
+        firsts = np.cumsum([0, *per_strip[:-1]])
+        # (at least 0, as a model with output.activation = "none" may go below it)
+        strip_scores = (
+            list(np.maximum(np.maximum.reduceat(scores, firsts, axis=0), 0)) if work else []
+        )
+        for j in np.flatnonzero(passing).tolist():  # the few windows that passed
+            i, window = work[j]
+            suspicious[i].append(window)
+            if self.per_class:
+                flagged.setdefault(i, []).append((window, flags[j]))
 
         seg_work = self.segment_work(images, suspicious)
         tile_h, tile_w = self.segmenter.inputs.model_hw
@@ -286,7 +292,7 @@ class Cascade:
         return Inferred(
             shapes=[image.shape[:2] for image in images],
             scores=strip_scores,
-            classified=np.bincount([i for i, _ in work], minlength=len(images)).tolist(),
+            classified=per_strip,
             segmented=np.bincount([i for i, _ in seg_work], minlength=len(images)).tolist(),
             tiles=tiles,
             regions={} if resize_feed else _column_spans(seg_work, images),

@@ -69,6 +69,7 @@ class InputAdapter:
         self.dtype = dtype
         self.feed = spec.feed
         self.channels = spec.input.channels
+        self._windows: dict[tuple[int, int], list[Window]] = {}
         inp = spec.input
         std = np.broadcast_to(np.asarray(inp.std, np.float32), (self.channels,))
         mean = np.broadcast_to(np.asarray(inp.mean, np.float32), (self.channels,))
@@ -94,10 +95,22 @@ class InputAdapter:
         return np.empty((max_batch, *self.sample_shape()), dtype=self.dtype)
 
     def windows(self, height: int, width: int) -> list[Window]:
-        """Where on a height x width strip this model looks; one window per model input."""
+        """Where on a height x width strip this model looks; one window per model input.
+
+        The same list object for the same shape (do not change it): cached, as every strip
+        asks, for up to 256 shapes (shapes come from the wire).
+        """
+        key = (height, width)
+        found = self._windows.get(key)
+        if found is not None:
+            return found
         if self.feed.mode == "resize":
-            return [Window(0, 0, height, width)]
-        return tile_grid(height, width, *self.model_hw, self.feed.rows, self.feed.columns)
+            found = [Window(0, 0, height, width)]
+        else:
+            found = tile_grid(height, width, *self.model_hw, self.feed.rows, self.feed.columns)
+        if len(self._windows) < 256:
+            self._windows[key] = found
+        return found
 
     def pixels_for(self, image: np.ndarray, window: Window) -> np.ndarray:
         """The window's pixels at the model's size and channel count (h x w x C, uint8)."""
