@@ -71,7 +71,7 @@ def _class_mask(q: np.ndarray, level: int, min_area: int, limit: int | None) -> 
     if kept.size == 0:
         return _NOTHING
     # Every pixel's level over the mask, less the pixels of the components dropped.
-    level_sum = round(cv2.mean(q, mask=binary.view(np.uint8))[0] * int(stats.area.sum()))
+    level_sum = int(cv2.sumElems(cv2.bitwise_and(q, q, mask=binary.view(np.uint8)))[0])
     if kept.size < count:
         dropped = runs.select(~keep[labels])
         level_sum -= _levels_over(q, dropped)
