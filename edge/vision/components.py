@@ -14,6 +14,7 @@ areas (tests/test_components.py checks it on random masks).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -52,13 +53,20 @@ class Components:
 
 def column_runs(mask: np.ndarray) -> Runs:
     """The vertical runs of a 2-D boolean (or 0/1) mask."""
-    height = mask.shape[0]
     # Column after column (OpenCV's transpose: a sixth of numpy's time for this copy).
     flat = cv2.transpose(np.ascontiguousarray(mask).view(np.uint8)).ravel()
+    return runs_of_columns(flat, mask.shape[0])
+
+
+def runs_of_columns(flat: np.ndarray, height: int) -> Runs:
+    """The vertical runs of a mask given column after column (``height`` values each, 0/1)."""
     if flat.size == 0:
         empty = np.zeros(0, np.int64)
         return Runs(height, empty, empty, empty)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # flat[p] != flat[p - 1]
+    # flat[p] != flat[p - 1], into a buffer this thread keeps (a strip's worth of fresh
+    # memory per class costs page faults: measured, half the time of this step).
+    differ = np.not_equal(flat[1:], flat[:-1], out=scratch("differ", flat.size - 1, np.bool_))
+    change = np.flatnonzero(differ) + 1
     rising = flat[change] != 0
     # A run that goes on from one column's bottom to the next one's top is two runs here.
     tops = np.arange(height, flat.size, height)
@@ -69,6 +77,53 @@ def column_runs(mask: np.ndarray) -> Runs:
     ends = np.sort(np.concatenate([change[~rising], split, *last]))
     col = starts // height
     return Runs(height, col, starts - col * height, ends - col * height)
+
+
+_scratch = threading.local()
+
+
+def scratch(name: str, size: int, dtype: type) -> np.ndarray:
+    """A 1-D buffer of ``size`` this thread reuses under ``name`` (grown when too small).
+
+    Its contents are the caller's until the next call with this name on this thread.
+    """
+    pool: dict[str, np.ndarray] = _scratch.__dict__.setdefault("pool", {})
+    buffer = pool.get(name)
+    if buffer is None or buffer.size < size or buffer.dtype != dtype:
+        buffer = pool[name] = np.empty(size, dtype)
+    return buffer[:size]
+
+
+@dataclass(slots=True)
+class Found:
+    """The components of several masks of one height, labelled in one pass."""
+
+    runs: Runs  # every mask's runs, mask after mask; ``col`` within its own mask
+    mask_of_run: np.ndarray
+    count: int  # components
+    labels: np.ndarray  # component of each run
+    stats: Components  # bounding boxes within their own mask
+    mask_of: np.ndarray  # mask of each component
+
+
+def components_of(runs: list[Runs]) -> Found:
+    """The components of several masks of one height, from their runs, found together: the
+    fixed cost of a few dozen numpy calls is paid once for every class and band of a strip,
+    not per mask. Each mask's columns follow the last one's after an empty column, so no
+    component reaches from one mask into the next."""
+    height = runs[0].height
+    sizes = [len(r) for r in runs]
+    mask_of_run = np.repeat(np.arange(len(runs)), sizes)
+    col = np.concatenate([r.col for r in runs])
+    y0 = np.concatenate([r.y0 for r in runs])
+    y1 = np.concatenate([r.y1 for r in runs])
+    widths = [int(r.col[-1]) + 1 if len(r) else 0 for r in runs]
+    offsets = np.cumsum([0, *[w + 1 for w in widths[:-1]]])  # + 1: the empty column
+    count, labels = label(Runs(height, col + offsets[mask_of_run], y0, y1))
+    local = Runs(height, col, y0, y1)
+    mask_of = np.zeros(count, np.int64)
+    mask_of[labels] = mask_of_run
+    return Found(local, mask_of_run, count, labels, measure(local, labels, count), mask_of)
 
 
 def label(runs: Runs) -> tuple[int, np.ndarray]:

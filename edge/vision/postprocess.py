@@ -58,36 +58,67 @@ _NOTHING = _Found(None, [], 0, 0, 0, None)
 
 
 def _class_mask(q: np.ndarray, level: int, min_area: int, limit: int | None) -> _Found:
-    if level > PROB_SCALE:
-        return _NOTHING
-    binary = q >= level
-    if not binary.any():
-        return _NOTHING
-    runs = cc.column_runs(binary)
-    count, labels = cc.label(runs)
-    stats = cc.measure(runs, labels, count)
-    keep = stats.area >= max(min_area, 1)
-    kept = np.flatnonzero(keep)
-    if kept.size == 0:
-        return _NOTHING
-    # Every pixel's level over the mask, less the pixels of the components dropped.
-    level_sum = int(cv2.sumElems(cv2.bitwise_and(q, q, mask=binary.view(np.uint8)))[0])
-    if kept.size < count:
-        dropped = runs.select(~keep[labels])
-        level_sum -= _levels_over(q, dropped)
-        runs = runs.select(keep[labels])
-    x0, y0, x1, y1 = stats.x0[kept], stats.y0[kept], stats.x1[kept], stats.y1[kept]
-    areas = stats.area[kept]
-    box = (int(x0.min()), int(y0.min()), int(x1.max()), int(y1.max()))
-    listed = np.lexsort((y0, x0, -areas))
-    if limit is not None:
-        listed = listed[:limit]  # vectorised: a noisy frame has ~10^5 components
-    components = [
-        {"bbox": [int(x0[i]), int(y0[i]), int(x1[i] - x0[i]), int(y1[i] - y0[i])],
-         "area_px": int(areas[i])}
-        for i in listed
-    ]  # fmt: skip
-    return _Found(runs, components, int(kept.size), int(areas.sum()), level_sum, box)
+    return _find([q], [level], [min_area], limit)[0]
+
+
+def _find(
+    maps: list[np.ndarray], levels: list[int], min_areas: list[int], limit: int | None
+) -> list[_Found]:
+    """Per 2-D uint8 map (one class of one band; all of one height): its mask at its level,
+    components under its min_area dropped, the largest ``limit`` listed. All in one pass of
+    ``edge.vision.components``: the calls per map are a few, not a few dozen."""
+    # Per map: its transpose (column after column: the RLE's order), thresholded there; the
+    # runs and the level sum come from those, in buffers this thread keeps.
+    runs: list[cc.Runs] = []
+    sums: list[int] = []
+    live: list[int] = []
+    for i, (q, level) in enumerate(zip(maps, levels, strict=True)):
+        if level > PROB_SCALE:
+            continue
+        height, width = q.shape
+        shape = (width, height)
+        q_t = cv2.transpose(q, dst=cc.scratch("levels", q.size, np.uint8).reshape(shape))
+        binary = np.greater_equal(
+            q_t, level, out=cc.scratch("binary", q.size, np.bool_).reshape(shape)
+        )
+        if not binary.any():
+            continue
+        bits = binary.view(np.uint8)
+        masked = cc.scratch("masked", q.size, np.uint8).reshape(shape)
+        # q * (0 or 1): a masked bitwise_and would leave the buffer's old bytes outside the mask.
+        sums.append(int(cv2.sumElems(cv2.multiply(q_t, bits, dst=masked))[0]))
+        runs.append(cc.runs_of_columns(bits.ravel(), height))
+        live.append(i)
+    found = [_NOTHING] * len(maps)
+    if not live:
+        return found
+    every = cc.components_of(runs)
+    stats = every.stats
+    floor = np.maximum(np.asarray([min_areas[i] for i in live], np.int64), 1)
+    keep = stats.area >= floor[every.mask_of]
+    kept_run = keep[every.labels]
+    for m, i in enumerate(live):
+        kept = np.flatnonzero(keep & (every.mask_of == m))
+        if kept.size == 0:
+            continue
+        mine = every.mask_of_run == m
+        kept_runs = every.runs.select(mine & kept_run)
+        level_sum = sums[m]  # every pixel's level over the mask, less the components dropped
+        if kept.size < np.count_nonzero(every.mask_of == m):
+            level_sum -= _levels_over(maps[i], every.runs.select(mine & ~kept_run))
+        x0, y0, x1, y1 = stats.x0[kept], stats.y0[kept], stats.x1[kept], stats.y1[kept]
+        areas = stats.area[kept]
+        listed = np.lexsort((y0, x0, -areas))
+        if limit is not None:
+            listed = listed[:limit]  # vectorised: a noisy frame has ~10^5 components
+        components = [
+            {"bbox": [int(x0[j]), int(y0[j]), int(x1[j] - x0[j]), int(y1[j] - y0[j])],
+             "area_px": int(areas[j])}
+            for j in listed.tolist()
+        ]  # fmt: skip
+        box = (int(x0.min()), int(y0.min()), int(x1.max()), int(y1.max()))
+        found[i] = _Found(kept_runs, components, int(kept.size), int(areas.sum()), level_sum, box)
+    return found
 
 
 def _levels_over(q: np.ndarray, runs: cc.Runs) -> int:
@@ -137,14 +168,23 @@ def defects_in_bands(bands: list[tuple[int, np.ndarray]], spec: ModelSpec) -> li
     defects = []
     bands = [(x0, levels(probs)) for x0, probs in bands]
     thresholds = [mask_level(t) for t in spec.per_class("mask")]
-    min_areas = spec.per_class("min_area")
+    min_areas = [int(m) for m in spec.per_class("min_area")]
+    classes = len(spec.classes)
+    # Every class of every band in one pass; then per class, its bands left to right.
+    found = _find(
+        [probs[k] for _, probs in bands for k in range(classes)],
+        thresholds * len(bands),
+        min_areas * len(bands),
+        MAX_COMPONENTS,
+    )
+    starts = [x0 for x0, _ in bands]
+    by_band = [found[k::classes] for k in range(classes)]
     for k, name in enumerate(spec.classes):
         components: list[dict[str, Any]] = []
         runs: list[tuple[int, cc.Runs]] = []
         boxes: list[tuple[int, int, int, int]] = []
         count = area = level_sum = 0
-        for x0, probs in bands:
-            found = _class_mask(probs[k], thresholds[k], int(min_areas[k]), MAX_COMPONENTS)
+        for x0, found in zip(starts, by_band[k], strict=True):
             if not found.count:
                 continue
             for component in found.components:

@@ -127,7 +127,9 @@ class Stitcher:
         if len(tiles) == 1 and tiles[0][0] == Window(0, 0, w.h, w.w):
             return tiles[0][1]
         dtype = tiles[0][1].dtype if tiles else np.dtype(np.float32)
-        out = np.zeros((self.shape[0], w.h, w.w), dtype)
+        shape = (self.shape[0], w.h, w.w)
+        # Columns of full-height tiles that leave no gap: every pixel is written below.
+        out = np.empty(shape, dtype) if _fills(tiles, w) else np.zeros(shape, dtype)
         for at, probs in tiles:
             out[:, at.y : at.y + at.h, at.x : at.x + at.w] = probs
         for region in _overlaps([at for at, _ in tiles]):
@@ -144,6 +146,18 @@ class Stitcher:
         # Outside the window nothing was added: 0.
         out[:, w.y : w.y + w.h, w.x : w.x + w.w] = band
         return out
+
+
+def _fills(tiles: list[tuple[Window, np.ndarray]], window: Window) -> bool:
+    """Whether full-height tiles cover every column of ``window`` (in its coordinates)."""
+    if not tiles or any(at.y != 0 or at.h != window.h for at, _ in tiles):
+        return False
+    reach = 0
+    for at, _ in sorted(tiles, key=lambda tile: tile[0].x):
+        if at.x > reach:
+            return False
+        reach = max(reach, at.x + at.w)
+    return reach >= window.w
 
 
 def _intersection(a: Window, b: Window) -> Window | None:

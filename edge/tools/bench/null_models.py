@@ -253,14 +253,19 @@ def _segmenter(spec: ModelSpec, verdict: Verdict):
             helper.make_node("Add", ["null_scaled", "null_bias"], ["null_out"]),
         ]
     else:
+        # The constant logits broadcast to the plane's shape with the classes on their axis:
+        # one pass writing the output (the plane's shape carries the batch dimension).
         values = _logits(spec, 1.0 if verdict == "defective" else 0.0)
+        axis = 3 if nhwc else 1
+        classes = np.array([1] * axis + [k] + [1] * (3 - axis), np.int64)
         consts += [
-            numpy_helper.from_array(np.zeros(shape, np.float32), "null_zeros"),
             numpy_helper.from_array(values.reshape(shape), "null_values"),
+            numpy_helper.from_array(classes, "null_classes"),
         ]
         nodes += [
-            helper.make_node("Mul", [plane, "null_zeros"], ["null_zero"]),
-            helper.make_node("Add", ["null_zero", "null_values"], ["null_out"]),
+            helper.make_node("Shape", [plane], ["null_plane_shape"]),
+            helper.make_node("Mul", ["null_plane_shape", "null_classes"], ["null_out_shape"]),
+            helper.make_node("Expand", ["null_values", "null_out_shape"], ["null_out"]),
         ]
     name = spec.output.name or "mask_logits"
     nodes.append(helper.make_node("Identity", ["null_out"], [name]))
