@@ -145,8 +145,8 @@ def _cpu_per_strip(
         "idle_cpu_pct": round(100 * (idle1 - idle0) / max(idle_wall1 - idle_wall0, 1e-9), 1),
         "latency": fig["latency"],
         "daemon_latency": fig["daemon_latency"],
-        # Python < 3.14 gives the OS no thread names: the daemon's Python threads (main,
-        # receiver, inference-N, publisher) are then one row, ZeroMQ's I/O thread another.
+        # The daemon names its threads in the OS (receiver, inference-N, finishing-N,
+        # publisher); ZeroMQ's are ZMQbg/*; its main thread keeps the process's name.
         "threads_by_name": _per_name(threads0, threads1, results),
     }
     if not section["kept_up"]:
@@ -179,8 +179,12 @@ def run_host(
     pool: StripPool,
     settings: HostSettings,
     progress: Callable[[float, str], None] = lambda fraction, note: None,
+    null_pool: StripPool | None = None,
 ) -> dict[str, Any]:
-    """The host section of the report: clean, defective, e2e_null and the targets."""
+    """The host section of the report: clean, defective, e2e_null and the targets.
+
+    ``null_pool``: the strips of the e2e on the contrast stand-ins (default: ``pool``)."""
+    null_pool = pool if null_pool is None else null_pool
     section: dict[str, Any] = {}
     models: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="edge-bench-host-") as tmp:
@@ -193,9 +197,9 @@ def run_host(
             section[verdict] = _cpu_per_strip(verdict, repo, strips, settings, work / verdict)
             section[verdict]["gate_pass_share"] = share
         repo = write_null_repository(settings.models, work / "null-contrast", "contrast")
-        share, models["contrast"] = _gate(repo, pool, settings.max_batch)
+        share, models["contrast"] = _gate(repo, null_pool, settings.max_batch)
         e2e = run_e2e(
-            pool,
+            null_pool,
             _e2e_settings(settings, repo),
             lambda fraction, note: progress(0.5 + fraction / 2, f"null e2e: {note}"),
         )
@@ -214,6 +218,8 @@ def run_host(
         "idle_s": IDLE_S,
         "seconds": settings.duration_s,
         "e2e_null_estimate_strips_per_s": NULL_E2E_ESTIMATE,
+        "e2e_null_pool": null_pool.source,
+        "e2e_null_pool_defective_share": null_pool.defective_share,
         "workers": settings.workers,
         "threads": settings.threads,
         "max_batch": settings.max_batch,
