@@ -14,8 +14,13 @@ LINE_GPU = EnvFacts("10.3.0", "Orin", "8.7", pycuda_version="2025.1", cuda_drive
 
 
 def fake_engine(
-    root: Path, files: ModelFiles, facts: EnvFacts = LINE_GPU, plan: bytes | None = None
+    root: Path,
+    files: ModelFiles,
+    facts: EnvFacts = LINE_GPU,
+    plan: bytes | None = None,
+    fused: dict | None = None,
 ) -> EngineFiles:
+    """``fused``: the sidecar's record of a fused build (edge build's: model_facts().graph)."""
     plan = plan if plan is not None else f"plan for {files.model_id} on {facts.gpu_name}".encode()
     sidecar = Sidecar(
         model=files.spec.name,
@@ -41,5 +46,6 @@ def fake_engine(
         built_at=now_iso(),
         build_seconds=1.0,
         spec=files.spec.model_dump(mode="json"),
+        fused=fused,
     )
     return write_engine(root, plan, sidecar, config=model_facts(files).config)

@@ -24,6 +24,7 @@ from edge.vision.backends.engines import (
     sidecar_spec,
 )
 from edge.vision.modelspec import ModelFiles, load_repository
+from edge.vision.preprocess import graph_io
 from tests.engine_fixtures import LINE_GPU, fake_engine
 
 
@@ -94,6 +95,26 @@ def test_a_changed_model_makes_its_engine_stale(tmp_path: Path, tiny_repo: Path)
     with pytest.raises(StaleEngine) as err:
         locate(tmp_path, other, LINE_GPU)
     assert [m.field for m in err.value.mismatches] == ["source_sha256"]
+
+
+def test_a_fused_engine_must_have_been_built_for_the_configs_pre_and_post_processing(
+    tmp_path: Path, segmenter: ModelFiles
+) -> None:
+    graph = model_facts(segmenter).graph
+    assert graph == graph_io(segmenter.spec).to_dict() and graph["role"] == "segmenter"
+    fake_engine(tmp_path, segmenter, fused=graph)
+    assert locate(tmp_path, segmenter, LINE_GPU).sidecar.fused == graph
+    # The config now normalises differently: the engine's prologue would feed wrong values.
+    changed = segmenter.spec.model_copy(
+        update={"input": segmenter.spec.input.model_copy(update={"scale": 1.0})}
+    )
+    renormalised = ModelFiles(spec=changed, onnx_path=segmenter.onnx_path, version=1)
+    with pytest.raises(StaleEngine, match="fused: the engine has 'built with other gain'") as err:
+        locate(tmp_path, renormalised, LINE_GPU)
+    assert [m.field for m in err.value.mismatches] == ["fused"]
+    # An engine built unfused (python -m build_engine) still loads: the host pre/post-processes.
+    fake_engine(tmp_path, renormalised)
+    assert locate(tmp_path, renormalised, LINE_GPU).sidecar.fused is None
 
 
 def test_a_replaced_plan_file_is_not_trusted(tmp_path: Path, segmenter: ModelFiles) -> None:

@@ -10,6 +10,7 @@ what is held is the issue's bound: the same defect list and a mask IoU >= 0.99 p
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import cv2
@@ -131,12 +132,17 @@ def assert_masks_agree(got: np.ndarray, want: np.ndarray, name: str) -> np.ndarr
 
 
 def test_the_fused_cascade_agrees_with_float32_on_every_real_sample(severstal: Path) -> None:
-    """Every strip of the sample, in process: same defect classes, IoU >= 0.99 per class."""
+    """Every strip of the sample, in process: same defect classes, IoU >= 0.99 per class.
+
+    EDGE_AGREEMENT_IMAGES=<folder> runs it on another folder (docs/models.md: the 148 strips
+    of severstal_train); -s prints the figures. One strip at a time: memory stays bounded.
+    """
     from edge.vision.cascade import Cascade
     from edge.vision.postprocess import strip_defects
 
     cascade = Cascade.load(shipped_models(), max_batch=7, threads=1)
-    paths = sorted((severstal / "images").iterdir())
+    folder = Path(os.environ.get("EDGE_AGREEMENT_IMAGES", severstal / "images"))
+    paths = sorted(folder.iterdir())
     totals = np.zeros((4, 2), np.int64)
     for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
@@ -145,6 +151,7 @@ def test_the_fused_cascade_agrees_with_float32_on_every_real_sample(severstal: P
         for defect in strip_defects(result, cascade.segmenter.spec):
             got[defect["class_id"] - 1] = rle.decode(defect["mask_rle"], *image.shape)
         totals += assert_masks_agree(got, direct_masks(image, shipped_models()), path.name)
+    print(f"{len(paths)} strips; per class shared / either pixels: {totals.tolist()}")
     assert len(paths) >= 20 and totals[:, 1].sum() > 10_000  # real defects were compared
     for k, (shared, either) in enumerate(totals):
         assert either == 0 or shared / either >= 0.99, f"class {k + 1}: {shared}/{either}"

@@ -61,50 +61,76 @@ def _class_mask(q: np.ndarray, level: int, min_area: int, limit: int | None) -> 
     return _find([q], [level], [min_area], limit)[0]
 
 
+# Runs labelled together at most (more only when one map alone has more): a strip's classes
+# and bands go in one pass when they are a few blobs, and a noisy frame's classes one at a
+# time, so what labelling holds stays what one class's mask costs (edge.daemon.memory).
+RUNS_AT_ONCE = 16384
+
+
 def _find(
     maps: list[np.ndarray], levels: list[int], min_areas: list[int], limit: int | None
 ) -> list[_Found]:
     """Per 2-D uint8 map (one class of one band; all of one height): its mask at its level,
-    components under its min_area dropped, the largest ``limit`` listed. All in one pass of
-    ``edge.vision.components``: the calls per map are a few, not a few dozen."""
-    # Per map: its transpose (column after column: the RLE's order), thresholded there; the
-    # runs and the level sum come from those, in buffers this thread keeps.
-    runs: list[cc.Runs] = []
-    sums: list[int] = []
-    live: list[int] = []
-    for i, (q, level) in enumerate(zip(maps, levels, strict=True)):
-        if level > PROB_SCALE:
-            continue
-        height, width = q.shape
-        shape = (width, height)
-        q_t = cv2.transpose(q, dst=cc.scratch("levels", q.size, np.uint8).reshape(shape))
-        binary = np.greater_equal(
-            q_t, level, out=cc.scratch("binary", q.size, np.bool_).reshape(shape)
-        )
-        if not binary.any():
-            continue
-        bits = binary.view(np.uint8)
-        masked = cc.scratch("masked", q.size, np.uint8).reshape(shape)
-        # q * (0 or 1): a masked bitwise_and would leave the buffer's old bytes outside the mask.
-        sums.append(int(cv2.sumElems(cv2.multiply(q_t, bits, dst=masked))[0]))
-        runs.append(cc.runs_of_columns(bits.ravel(), height))
-        live.append(i)
+    components under its min_area dropped, the largest ``limit`` listed. Maps go through
+    ``edge.vision.components`` together (up to RUNS_AT_ONCE runs): the calls per map are a
+    few, not a few dozen."""
     found = [_NOTHING] * len(maps)
-    if not live:
-        return found
-    every = cc.components_of(runs)
+    group: list[tuple[int, cc.Runs, int]] = []  # (map, its runs, its level sum)
+    held = 0
+    for i, (q, level) in enumerate(zip(maps, levels, strict=True)):
+        seen = _runs_of(q, level)
+        if seen is None:
+            continue
+        if group and held + len(seen[0]) > RUNS_AT_ONCE:
+            _label(group, maps, min_areas, limit, found)
+            group, held = [], 0
+        group.append((i, *seen))
+        held += len(seen[0])
+    if group:
+        _label(group, maps, min_areas, limit, found)
+    return found
+
+
+def _runs_of(q: np.ndarray, level: int) -> tuple[cc.Runs, int] | None:
+    """The runs of ``q >= level`` and the sum of ``q`` over them; None if there are none.
+
+    Thresholded on the transpose (column after column: the RLE's order), in buffers this
+    thread keeps."""
+    if level > PROB_SCALE:
+        return None
+    height, width = q.shape
+    shape = (width, height)
+    q_t = cv2.transpose(q, dst=cc.scratch("levels", q.size, np.uint8).reshape(shape))
+    binary = np.greater_equal(q_t, level, out=cc.scratch("binary", q.size, np.bool_).reshape(shape))
+    if not binary.any():
+        return None
+    bits = binary.view(np.uint8)
+    masked = cc.scratch("masked", q.size, np.uint8).reshape(shape)
+    # q * (0 or 1): a masked bitwise_and would leave the buffer's old bytes outside the mask.
+    level_sum = int(cv2.sumElems(cv2.multiply(q_t, bits, dst=masked))[0])
+    return cc.runs_of_columns(bits.ravel(), height), level_sum
+
+
+def _label(
+    group: list[tuple[int, cc.Runs, int]],
+    maps: list[np.ndarray],
+    min_areas: list[int],
+    limit: int | None,
+    found: list[_Found],
+) -> None:
+    """Components of the group's maps, labelled together, into ``found``."""
+    every = cc.components_of([runs for _, runs, _ in group])
     stats = every.stats
-    floor = np.maximum(np.asarray([min_areas[i] for i in live], np.int64), 1)
+    floor = np.maximum(np.asarray([min_areas[i] for i, _, _ in group], np.int64), 1)
     keep = stats.area >= floor[every.mask_of]
     kept_run = keep[every.labels]
-    for m, i in enumerate(live):
+    for m, (i, _, level_sum) in enumerate(group):
         kept = np.flatnonzero(keep & (every.mask_of == m))
         if kept.size == 0:
             continue
         mine = every.mask_of_run == m
         kept_runs = every.runs.select(mine & kept_run)
-        level_sum = sums[m]  # every pixel's level over the mask, less the components dropped
-        if kept.size < np.count_nonzero(every.mask_of == m):
+        if kept.size < np.count_nonzero(every.mask_of == m):  # less the components dropped
             level_sum -= _levels_over(maps[i], every.runs.select(mine & ~kept_run))
         x0, y0, x1, y1 = stats.x0[kept], stats.y0[kept], stats.x1[kept], stats.y1[kept]
         areas = stats.area[kept]
@@ -118,7 +144,6 @@ def _find(
         ]  # fmt: skip
         box = (int(x0.min()), int(y0.min()), int(x1.max()), int(y1.max()))
         found[i] = _Found(kept_runs, components, int(kept.size), int(areas.sum()), level_sum, box)
-    return found
 
 
 def _levels_over(q: np.ndarray, runs: cc.Runs) -> int:
