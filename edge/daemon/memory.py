@@ -71,14 +71,17 @@ DECODE_FIXED = 3 << 20  # PNG's inflated metadata budget, three copies (edge.dae
 # its keys table), the bbox list (96), its slot in the list of components (8), and two ints
 # past the small-int cache (x, y: 32 each). Measured (tracemalloc): 314 to 332 bytes.
 COMPONENT_BYTES = 360
-# Encoding one class of one band, per pixel: the thresholded mask and its uint8 copy, OpenCV's
-# int32 labels and its own label table, the kept mask, the masked probabilities (float32),
-# the RLE's column-major copy and its padded difference.
+# Encoding one class of one band, per pixel (edge.vision.postprocess): the transposed uint8
+# levels, the thresholded mask, the masked levels and the column edges (4 bytes, buffers each
+# finishing thread keeps for the next map), the uint8 band itself and room for a raw model's
+# float32 map before it is quantised. Kept at the figure the OpenCV labelling needed before:
+# tests/test_memory_bound.py measures the peak against it.
 MASK_BYTES = 24
-# ... and per run: its two edges, start and length as int64 arrays, then as Python ints and
-# strings before they are joined (measured ~210).
+# ... and per run: its column, rows and edges as int64 arrays, the labelling's neighbour
+# search and union-find arrays (at most RUNS_AT_ONCE runs of other maps beside them), then its
+# start and length as Python ints and strings before they are joined.
 RUN_TEMP_BYTES = 272
-COMPONENT_TEMP_BYTES = 48  # per component: OpenCV's stats and centroid rows, the kept index
+COMPONENT_TEMP_BYTES = 48  # per component: its area and box (int64) and the kept index
 # A header's meta, unpacked, per byte on the wire at most (nested empty maps and lists).
 META_EXPANSION = 72
 

@@ -222,6 +222,7 @@ class FrameReceiver:
             # An open socket would make Context.term() wait forever: the error must surface.
             self.close()
             raise
+        self.monitor_ready = True  # events() looks until a receive says otherwise
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self.monitor, zmq.POLLIN)
@@ -231,8 +232,14 @@ class FrameReceiver:
         return bind_when_free(self.socket, endpoint)
 
     def receive(self, timeout_ms: int) -> list[zmq.Frame] | None:
-        """The next message's parts (zero-copy frames), or None if none came in time."""
+        """The next message's parts (zero-copy frames), or None if none came in time.
+
+        One at a time: what the daemon holds beyond ZeroMQ's buffer stays one message
+        (edge.daemon.memory). Whether the monitor socket has events is left in
+        ``monitor_ready`` for ``events``, which then need not ask it after every frame.
+        """
         ready = dict(self._poller.poll(timeout_ms))
+        self.monitor_ready = self.monitor in ready
         if self.socket in ready:
             return self.socket.recv_multipart(copy=False)
         return None
@@ -245,8 +252,12 @@ class FrameReceiver:
             return None
 
     def events(self) -> list[tuple[int, str, int]]:
-        """Socket monitor events that arrived: (event, endpoint, value)."""
-        found = []
+        """Socket monitor events that arrived: (event, endpoint, value); none asked for
+        unless the last ``receive`` saw the monitor ready."""
+        found: list[tuple[int, str, int]] = []
+        if not self.monitor_ready:
+            return found
+        self.monitor_ready = False
         while True:
             try:
                 message = self.monitor.recv_multipart(zmq.NOBLOCK)
