@@ -21,6 +21,7 @@ its validated ``ModelSpec``): this module parses no config, so it stays standalo
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -63,7 +64,8 @@ class GraphIO:
     format: int = FUSED_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON has it (lists for tuples): what a sidecar records and reads back."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 def fuse(model: Any, io: GraphIO, target: Target = "tensorrt") -> Any:

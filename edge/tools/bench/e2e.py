@@ -45,6 +45,11 @@ class E2ESettings:
     engines: Path | None = None  # TensorRT engine folder (--backend tensorrt/auto)
 
 
+def step_seconds(duration_s: float) -> dict[str, float]:
+    """The ramp/low-load step and the 80 % step, scaled from the bench's ``--duration``."""
+    return {"step_s": max(duration_s / 4, 1.0), "latency_s": max(duration_s, 2.0)}
+
+
 def daemon_options(settings: E2ESettings) -> list[str]:
     """`edge run`'s options after its --source list."""
     return [

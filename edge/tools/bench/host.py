@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from edge.tools.bench.e2e import E2ESettings, daemon_options, offer, run_e2e
+from edge.tools.bench.e2e import E2ESettings, daemon_options, offer, run_e2e, step_seconds
 from edge.tools.bench.e2e_processes import start_line
 from edge.tools.bench.e2e_results import Step, shed
 from edge.tools.bench.null_models import Verdict, write_null_repository
@@ -65,8 +65,7 @@ def _e2e_settings(settings: HostSettings, models: Path) -> E2ESettings:
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
         cameras=settings.cameras,
-        step_s=max(settings.duration_s / 4, 1.0),
-        latency_s=max(settings.duration_s, 2.0),
+        **step_seconds(settings.duration_s),
         memory_s=0.0,  # no 2x step: memory is the e2e mode's check
         estimate=NULL_E2E_ESTIMATE,
     )

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from edge.daemon import inference
 from edge.tools.bench import inproc
-from edge.tools.bench.e2e import E2ESettings, run_e2e
+from edge.tools.bench.e2e import E2ESettings, run_e2e, step_seconds
 from edge.tools.bench.host import HostSettings, run_host
 from edge.tools.bench.report import render
 from edge.tools.bench.stats import CpuMeter, gate_counts, gate_pass_share, machine_info, peak_rss_mb
@@ -266,8 +266,7 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
                         max_wait_ms=settings.max_wait_ms,
                         queue_size=settings.queue_size,
                         cameras=settings.cameras,
-                        step_s=max(settings.duration_s / 4, 1.0),
-                        latency_s=max(settings.duration_s, 2.0),
+                        **step_seconds(settings.duration_s),
                         memory_s=settings.memory_s or settings.duration_s,
                         estimate=float(estimate),
                     ),
