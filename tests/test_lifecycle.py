@@ -20,10 +20,10 @@ import pytest
 import zmq
 
 from edge.daemon.config import load_config
-from edge.daemon.ledger import Ledger
+from edge.daemon.finishers import Finishers
 from edge.daemon.metrics import Metrics
 from edge.daemon.models import StartupError
-from edge.daemon.publisher import Batch, InferenceFailed, PublishLoop, Rejected, Result
+from edge.daemon.outcomes import Batch, Finished, InferenceFailed, Rejected, Result
 from edge.daemon.server import Server
 from edge.daemon.sources import read_frame
 from edge.protocol import VERSION, pack, reject_event
@@ -345,21 +345,19 @@ def test_an_inference_failure_is_still_exactly_one_reject_with_its_reason(
 
 def test_post_processing_turns_each_outcome_into_its_typed_event(tiny_repo: Path) -> None:
     unfinished = threading.BoundedSemaphore(1)
-    config = load_config(None, models=tiny_repo, bind_sources=["tcp://127.0.0.1:*"])
-    loop = PublishLoop(
-        queue.SimpleQueue(),
-        threading.BoundedSemaphore(1),
-        unfinished,
-        Ledger(),
-        Metrics(lambda: 0, lambda: 0.0),
-        dict,
-        lambda: config,
+    outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    finishers = Finishers(
+        queue.SimpleQueue(), outbox, unfinished, Metrics(lambda: 0, lambda: 0.0), 1
     )
     frames = [read_frame(frame_parts("cam1", seq, gray_strip())) for seq in (3, 4)]
     assert unfinished.acquire(timeout=1)  # as a worker holds it before handing a batch over
     parts: list[Any] = [(frames, InferenceFailed(INFERENCE_FAILED))]
-    made = loop.post_process(Batch(0, parts, cascade=None))  # type: ignore[arg-type]
+    # Nothing to stitch: finished at once, by the thread that hands it over.
+    finishers.put(Batch(0, parts, cascade=None))  # type: ignore[arg-type]
     assert unfinished.acquire(timeout=1), "the batch's permit was not given back"
+    finished = outbox.get(timeout=1)
+    assert isinstance(finished, Finished) and finished.ticket == 0
+    made = finished.outgoing
     assert [type(out) for out in made] == [Rejected, Rejected]
     for frame, out in zip(frames, made, strict=True):
         assert isinstance(out, Rejected) and not isinstance(out, Result)

@@ -1,4 +1,5 @@
-"""The publisher thread puts inferred batches back in the order they left the queue."""
+"""Finishing threads and the publisher put inferred batches back in the order they left the
+queue, as the daemon wires them (edge.daemon.finishers -> edge.daemon.publisher)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 import zmq
 
 from edge.daemon.config import load_config
+from edge.daemon.finishers import Finishers
 from edge.daemon.inference import infer_parts
 from edge.daemon.ledger import Ledger
 from edge.daemon.metrics import Metrics
-from edge.daemon.publisher import STOP, Batch, InferenceFailed, PublishLoop, Retire
+from edge.daemon.outcomes import Batch, InferenceFailed, Retire
+from edge.daemon.publisher import STOP, PublishLoop
 from edge.daemon.sinks import EventPublisher
 from edge.daemon.sources import read_frame
 from edge.protocol import VERSION, event_topic, parse_event
@@ -25,7 +28,8 @@ from tests.test_server import frame_parts
 
 
 class Running:
-    """A PublishLoop on its own thread, publishing on loopback, with a SUB that reads it."""
+    """A PublishLoop on its own thread, publishing on loopback, with a SUB that reads it, and
+    two finishing threads in front of it: ``hand`` gives them a batch as a worker does."""
 
     def __init__(self, tiny_repo: Path) -> None:
         self.context = zmq.Context()
@@ -35,15 +39,21 @@ class Running:
         config = load_config(
             None, models=tiny_repo, bind_sources=["tcp://127.0.0.1:*"], status_interval_s=0.05
         )
+        metrics = Metrics(lambda: 0, lambda: 0.0)
         loop = PublishLoop(
             self.outbox,
             self.tickets,
-            self.unfinished,
             Ledger(),
-            Metrics(lambda: 0, lambda: 0.0),
+            metrics,
             lambda: {"v": VERSION, "kind": "status"},
             lambda: config,
         )
+        self.finishers = Finishers(queue.SimpleQueue(), self.outbox, self.unfinished, metrics, 2)
+        self.finishing = [
+            threading.Thread(target=self.finishers.run, daemon=True) for _ in range(2)
+        ]
+        for thread in self.finishing:
+            thread.start()
         publisher = EventPublisher(self.context, "tcp://127.0.0.1:*")
         self.sub = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -67,7 +77,13 @@ class Running:
                 return events
             events.append(body)
 
+    def hand(self, item: Any) -> None:
+        self.finishers.put(item)
+
     def stop(self) -> None:
+        self.finishers.stop()
+        for thread in self.finishing:
+            thread.join(10)
         self.outbox.put(STOP)
         self.thread.join(10)
         self.sub.close(0)
@@ -96,10 +112,10 @@ def test_batches_finished_out_of_turn_are_published_in_ticket_order(
     replicas = load_replicas(tiny_repo, plan=plan_workers(1, 1, cores=1, gpu=False))
     cascade = replicas.first
     try:
-        running.outbox.put(batch(cascade, 2, [4, 5], running))
-        running.outbox.put(batch(cascade, 1, [2, 3], running))
+        running.hand(batch(cascade, 2, [4, 5], running))
+        running.hand(batch(cascade, 1, [2, 3], running))
         assert running.receive_until("held") == [], "published before ticket 0 came"
-        running.outbox.put(batch(cascade, 0, [0, 1], running))
+        running.hand(batch(cascade, 0, [0, 1], running))
         events = running.receive_until("all")
         assert [(e["kind"], e["seq"]) for e in events] == [("result", s) for s in range(6)]
         for _ in range(8):  # every permit was given back: post-processed, then sent
@@ -114,11 +130,11 @@ def test_retired_models_close_only_after_their_last_batch_is_published(
 ) -> None:
     plan = plan_workers(1, 1, cores=1, gpu=False)
     old = load_replicas(tiny_repo, plan=plan)
-    running.outbox.put(batch(old.first, 1, [1], running))
-    running.outbox.put(Retire(old, after_ticket=1))
+    running.hand(batch(old.first, 1, [1], running))
+    running.hand(Retire(old, after_ticket=1))
     assert running.receive_until("retire queued") == []
     assert hasattr(old.first.classifier.backend, "session"), "closed while a batch waited"
-    running.outbox.put(batch(old.first, 0, [0], running))
+    running.hand(batch(old.first, 0, [0], running))
     assert [e["seq"] for e in running.receive_until("published")] == [0, 1]
     assert not hasattr(old.first.classifier.backend, "session"), "never closed"
     running.stop()

@@ -46,11 +46,13 @@ class Finishers:
 
     def put(self, item: Any) -> None:
         """Hand over a batch (finished here if it has nothing to stitch), or anything else
-        for the publisher (it goes behind the batches handed over before it)."""
-        if isinstance(item, Batch) and not _has_maps(item):
-            self._finish(item)
-        else:
+        for the publisher (a ``Retire``: the publisher orders it by ticket, not by arrival)."""
+        if not isinstance(item, Batch):
+            self._outbox.put(item)
+        elif _has_maps(item):
             self._inbox.put(item)
+        else:
+            self._finish(item)
 
     def run(self) -> None:
         """One finishing thread's loop, until ``stop``."""
@@ -59,10 +61,7 @@ class Finishers:
             if item is _STOP:
                 self._inbox.put(_STOP)  # for the next thread
                 return
-            if isinstance(item, Batch):
-                self._finish(item)
-            else:  # anything else keeps its place behind the batches handed over before it
-                self._outbox.put(item)
+            self._finish(item)
 
     def _finish(self, batch: Batch) -> None:
         try:

@@ -6,7 +6,7 @@ ticket order, the order the batches left the work queue, so each camera's result
 order its frames came. Only the small finished events wait for an earlier ticket, never a
 batch's probability maps. Everything else the daemon publishes (rejects, drops, gaps, restarts)
 arrives ready-made through the same outbox and leaves at once, with a status message every
-``status_interval_s``. A ``Batch`` put on the outbox itself is post-processed here.
+``status_interval_s``.
 """
 
 from __future__ import annotations
@@ -23,23 +23,8 @@ from edge import protocol
 from edge.daemon.config import Config
 from edge.daemon.ledger import Ledger
 from edge.daemon.metrics import Metrics
-from edge.daemon.outcomes import (
-    Batch,
-    Finished,
-    InferenceFailed,
-    Outgoing,
-    Part,
-    Rejected,
-    Result,
-    Retire,
-    post_process,
-)
+from edge.daemon.outcomes import Finished, Outgoing, Rejected, Retire
 from edge.daemon.sinks import EventPublisher
-
-__all__ = [
-    "REBIND", "STOP", "Batch", "Finished", "InferenceFailed", "Outgoing", "Part",
-    "PublishLoop", "Rejected", "Result", "Retire",
-]  # fmt: skip
 
 log = structlog.get_logger(__name__)
 STOP = object()  # the last item of the outbox: publish a final status and close
@@ -54,7 +39,6 @@ class PublishLoop:
         self,
         outbox: queue.SimpleQueue[Any],
         tickets: threading.BoundedSemaphore,
-        unfinished: threading.BoundedSemaphore,
         ledger: Ledger,
         metrics: Metrics,
         status: Callable[[], dict[str, Any]],
@@ -62,7 +46,6 @@ class PublishLoop:
     ) -> None:
         self._outbox = outbox
         self._tickets = tickets  # released once a batch's events are sent
-        self._unfinished = unfinished  # released once a batch is post-processed
         self._ledger = ledger
         self._metrics = metrics
         self._status = status
@@ -88,9 +71,6 @@ class PublishLoop:
                     break
                 if isinstance(item, Finished):
                     self._ready[item.ticket] = item.outgoing
-                    self._send_in_order(publisher)
-                elif isinstance(item, Batch):
-                    self._ready[item.ticket] = self.post_process(item)
                     self._send_in_order(publisher)
                 elif isinstance(item, Retire):
                     self._retiring.append(item)
@@ -120,14 +100,6 @@ class PublishLoop:
         for item in [r for r in self._retiring if everything or r.after_ticket < self._next_ticket]:
             self._retiring.remove(item)
             item.replicas.close()
-
-    def post_process(self, batch: Batch) -> list[Outgoing]:
-        """A batch's events made here, on the publisher thread (the daemon's finishing threads
-        do it for the batches of its inference workers)."""
-        try:
-            return post_process(batch, self._metrics)
-        finally:
-            self._unfinished.release()
 
     def _send(self, batch: list[Outgoing], publisher: EventPublisher) -> None:
         try:

@@ -226,8 +226,8 @@ class Server:
             unfinished=unfinished,
         )  # fmt: skip
         publishing = PublishLoop(
-            self._outbox, workers.tickets, workers.unfinished, self.ledger, self.metrics,
-            self.status, lambda: self.config,
+            self._outbox, workers.tickets, self.ledger, self.metrics, self.status,
+            lambda: self.config,
         )  # fmt: skip
         roles: dict[str, Callable[[], None]] = {
             "publisher": lambda: publishing.run(publisher),
