@@ -19,11 +19,11 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from edge.tools.bench.e2e import E2ESettings, daemon_options, offer, run_e2e, step_seconds
+from edge.tools.bench.e2e import E2ESettings, daemon_options, offer, run_e2e
 from edge.tools.bench.e2e_processes import start_line
 from edge.tools.bench.e2e_results import Step, shed
 from edge.tools.bench.null_models import Verdict, write_null_repository
@@ -45,27 +45,17 @@ BACKEND: Final = "onnxruntime"  # the null models are ONNX; they cost next to no
 
 @dataclass
 class HostSettings:
-    models: Path  # the pair whose I/O the null models have
-    workers: int
-    threads: int
-    max_batch: int
-    max_wait_ms: float
-    queue_size: int
-    cameras: int
+    line: E2ESettings  # the daemon's settings as the e2e mode runs it; models: the pair to mimic
     duration_s: float  # the measured window of clean and defective; scales the null ramp
 
 
 def _e2e_settings(settings: HostSettings, models: Path) -> E2ESettings:
-    return E2ESettings(
+    """The e2e line on the stand-ins in ``models``: ONNX Runtime, no 2x step."""
+    return replace(
+        settings.line,
         models=models,
         backend=BACKEND,
-        workers=settings.workers,
-        threads=settings.threads,
-        max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms,
-        queue_size=settings.queue_size,
-        cameras=settings.cameras,
-        **step_seconds(settings.duration_s),
+        engines=None,
         memory_s=0.0,  # no 2x step: memory is the e2e mode's check
         estimate=NULL_E2E_ESTIMATE,
     )
@@ -103,7 +93,7 @@ def _cpu_per_strip(
     rate = RATES[verdict]
     work.mkdir()
     options = daemon_options(_e2e_settings(settings, models))
-    with start_line(strips, settings.cameras, options, work) as line:
+    with start_line(strips, settings.line.cameras, options, work) as line:
         pid = line.daemon.proc.pid
         snapshot = work / "events.npy"
         offer(line, snapshot, Step("warm-up", rate, WARM_S))
@@ -191,12 +181,12 @@ def run_host(
         strips = pool.save(work / "strips.npy")
         for n, verdict in enumerate(("clean", "defective")):
             progress(n / 4, verdict)
-            repo = write_null_repository(settings.models, work / f"null-{verdict}", verdict)
-            share, models[verdict] = _gate(repo, pool, settings.max_batch)
+            repo = write_null_repository(settings.line.models, work / f"null-{verdict}", verdict)
+            share, models[verdict] = _gate(repo, pool, settings.line.max_batch)
             section[verdict] = _cpu_per_strip(verdict, repo, strips, settings, work / verdict)
             section[verdict]["gate_pass_share"] = share
-        repo = write_null_repository(settings.models, work / "null-contrast", "contrast")
-        share, models["contrast"] = _gate(repo, null_pool, settings.max_batch)
+        repo = write_null_repository(settings.line.models, work / "null-contrast", "contrast")
+        share, models["contrast"] = _gate(repo, null_pool, settings.line.max_batch)
         e2e = run_e2e(
             null_pool,
             _e2e_settings(settings, repo),
@@ -209,7 +199,7 @@ def run_host(
         "e2e_null_strips_per_s": TARGETS["e2e_null_strips_per_s"][1],
     }
     section["settings"] = {
-        "like": str(settings.models),
+        "like": str(settings.line.models),
         "null_models": models,
         "backend": BACKEND,
         "offered_per_s": dict(RATES),
@@ -219,10 +209,10 @@ def run_host(
         "e2e_null_estimate_strips_per_s": NULL_E2E_ESTIMATE,
         "e2e_null_pool": null_pool.source,
         "e2e_null_pool_defective_share": null_pool.defective_share,
-        "workers": settings.workers,
-        "threads": settings.threads,
-        "max_batch": settings.max_batch,
-        "cameras": settings.cameras,
+        "workers": settings.line.workers,
+        "threads": settings.line.threads,
+        "max_batch": settings.line.max_batch,
+        "cameras": settings.line.cameras,
         "cpu_ms_per_strip_is": "the daemon's utime + stime (/proc/<pid>/stat) from the start "
         "of the measured window until its frames were answered, / results for those frames",
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -63,6 +63,24 @@ def _pool(settings: BenchSettings) -> StripPool:
     if settings.images is not None:
         return image_pool(settings.images, settings.pool_size)
     return synthetic_pool(settings.pool_size, settings.defect_rate, settings.seed)
+
+
+def _line(settings: BenchSettings, plan: WorkerPlan, max_batch: int) -> E2ESettings:
+    """The camera -> daemon -> subscriber line the e2e and host modes run, as told."""
+    return E2ESettings(
+        models=settings.models,
+        backend=settings.backend,
+        engines=settings.engines,
+        workers=plan.workers,
+        threads=plan.threads,
+        max_batch=max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        queue_size=settings.queue_size,
+        cameras=settings.cameras,
+        **step_seconds(settings.duration_s),
+        memory_s=settings.memory_s or settings.duration_s,
+        estimate=0.0,  # placed by the caller, from the pipeline mode or a quick estimate
+    )
 
 
 def worker_plan(settings: BenchSettings) -> WorkerPlan:
@@ -256,20 +274,7 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
 
                 sections["e2e"] = run_e2e(
                     pool,
-                    E2ESettings(
-                        models=settings.models,
-                        backend=settings.backend,
-                        engines=settings.engines,
-                        workers=plan.workers,
-                        threads=plan.threads,
-                        max_batch=max_batch,
-                        max_wait_ms=settings.max_wait_ms,
-                        queue_size=settings.queue_size,
-                        cameras=settings.cameras,
-                        **step_seconds(settings.duration_s),
-                        memory_s=settings.memory_s or settings.duration_s,
-                        estimate=float(estimate),
-                    ),
+                    replace(_line(settings, plan, max_batch), estimate=float(estimate)),
                     tick("e2e"),
                     between_steps,
                 )
@@ -301,14 +306,8 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
                 sections["host"] = run_host(
                     pool,
                     HostSettings(
-                        models=settings.models,
-                        workers=plan.workers,
-                        threads=plan.threads,
-                        max_batch=settings.max_batch or DAEMON_MAX_BATCH,
-                        max_wait_ms=settings.max_wait_ms,
-                        queue_size=settings.queue_size,
-                        cameras=settings.cameras,
-                        duration_s=settings.duration_s,
+                        _line(settings, plan, settings.max_batch or DAEMON_MAX_BATCH),
+                        settings.duration_s,
                     ),
                     tick("host"),
                     null_pool=null_pool,
