@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +258,64 @@ code = server.run()
 after = all(signal.getsignal(sig) is own for sig in SIGNALS)
 print(json.dumps({"code": code, "during": during, "after": after, "called": called}))
 """
+
+
+STUCK_SCRIPT = r"""
+import os, signal, sys, threading
+from edge.daemon.config import load_config
+from edge.daemon.server import Server
+
+server = Server(load_config(None, bind_sources=["tcp://127.0.0.1:*"], drain_timeout_s=0.2,
+                            publish="tcp://127.0.0.1:*", models=sys.argv[1], threads=1))
+
+def never_returns(images):  # a model call that hangs (a driver, a deadlocked runtime)
+    inside.set()
+    threading.Event().wait()
+
+inside = threading.Event()
+
+def stop():
+    assert server.started.wait(60)
+    import zmq, numpy as np
+    from edge.protocol import FrameHeader, encode_frame
+    for each in server.replicas.cascades:
+        each.infer = never_returns
+    camera = zmq.Context.instance().socket(zmq.PUB)
+    camera.connect(server.bound_sources[0])
+    header = FrameHeader(camera="cam1", seq=0, ts_ns=0, encoding="raw", shape=(256, 1600))
+    while not inside.wait(0.1):
+        camera.send_multipart(encode_frame(header, np.zeros((256, 1600), np.uint8).tobytes()))
+    print("stuck in the model", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=stop, daemon=True).start()
+server.run()
+"""
+
+
+def test_a_shutdown_stuck_in_a_model_call_dumps_every_threads_stack(tiny_repo: Path) -> None:
+    """A model call that never returns keeps the drain from ending; past its bound (here
+    2 x 0.2 s + STUCK_AFTER_DRAIN_S) the daemon says where every thread is, and systemd kills
+    it at TimeoutStopSec."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_SCRIPT, str(tiny_repo)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")),
+                              daemon=True)  # fmt: skip
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("_drain" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # the rest of the dump
+    finally:
+        proc.kill()
+        proc.wait(10)
+    seen = "".join(lines)
+    assert "Thread 0x" in seen, seen[-2000:]
+    assert "never_returns" in seen and "_drain" in seen, seen[-3000:]
 
 
 def test_server_run_restores_the_signal_handlers_it_replaced(tiny_repo: Path) -> None:

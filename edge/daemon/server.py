@@ -21,6 +21,7 @@ a final status, then closes what startup opened, in reverse.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import queue
 import signal
 import threading
@@ -60,6 +61,7 @@ from edge.vision.replicas import Replicas
 log = structlog.get_logger(__name__)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RESTART_GRACE_S = 0.5
+STUCK_AFTER_DRAIN_S = 5.0
 
 
 class Server:
@@ -314,7 +316,15 @@ class Server:
         and the final status, write the seqs, then close what startup opened, in reverse."""
         self.notifier.stopping()
         if self._threads:
-            self._drain()
+            # The drain waits drain_timeout_s for the workers and as long for a reload in
+            # progress; past that and STUCK_AFTER_DRAIN_S more it is stuck (a model call that
+            # never returns): every thread's stack goes to stderr (the journal), saying where.
+            stuck = 2 * self.config.drain_timeout_s + STUCK_AFTER_DRAIN_S
+            faulthandler.dump_traceback_later(stuck, exit=False)
+            try:
+                self._drain()
+            finally:
+                faulthandler.cancel_dump_traceback_later()
         self._opened.close()  # pid file, health server, sockets, CURVE, context, models
         if self._threads:
             sizes = self.workers.batch_sizes if self.workers is not None else {}
