@@ -187,8 +187,8 @@ class OutputAdapter:
         self.fused = fused
 
     def check_declared(self, shape: list[int | None]) -> None:
-        """The model's declared output shape (None: unknown) against its config, before any
-        run: a fused graph must be built on the right axes, and the error names the key."""
+        """An output shape (None: a dim unknown) against the config, the error naming the key:
+        the declared one before a graph is fused on those axes, and each raw output."""
         if self.spec.role == "classifier":
             if len(shape) != 2:
                 raise ValueError(
@@ -273,12 +273,7 @@ class OutputAdapter:
         if self.fused:
             self._fused_shape(raw, 2)
             return raw
-        if raw.ndim != 2:
-            raise ValueError(
-                f"classifier {self.spec.name!r} output has shape {list(raw.shape)}; expected "
-                f"[N, {self._expected_channels()}] (one per class; check output.name)"
-            )
-        self._check_channels(list(raw.shape), axis=1)
+        self.check_declared(list(raw.shape))
         return self._probabilities(raw, class_axis=1)
 
     def maps(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -293,12 +288,7 @@ class OutputAdapter:
 
     def float_maps(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
         """Raw segmenter output -> N x K x height x width float32 probabilities."""
-        if raw.ndim != 4:
-            raise ValueError(
-                f"segmenter {self.spec.name!r} output has shape {list(raw.shape)}; expected 4-D "
-                f"(output.layout = {self.out.layout!r}; check output.name)"
-            )
-        self._check_channels(list(raw.shape), axis=1 if self.out.layout == "NCHW" else 3)
+        self.check_declared(list(raw.shape))
         if self.out.layout == "NHWC":
             raw = raw.transpose(0, 3, 1, 2)
         probs = self._probabilities(raw, class_axis=1)
