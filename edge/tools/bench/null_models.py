@@ -113,17 +113,17 @@ def _input_info(spec: ModelSpec):
     return helper.make_tensor_value_info(spec.input.name or "image", TensorProto.FLOAT, shape)
 
 
-def _pixels(spec: ModelSpec) -> float:
-    """The input's value that a raw pixel value of 1 becomes (``x = p * gain + offset``)."""
-    return spec.input.scale / float(np.mean(spec.input.std))
+def _normalisation(spec: ModelSpec) -> tuple[float, float]:
+    """(gain, offset) of ``x = pixel * gain + offset``, one mean and std for all channels."""
+    std = float(np.mean(spec.input.std))
+    return spec.input.scale / std, -float(np.mean(spec.input.mean)) / std
 
 
 def _unnormalised(spec: ModelSpec, name: str, nodes: list, consts: list) -> str:
     """Nodes bringing input ``name`` back to 0..255 pixel values (one mean/std, approximately)."""
     from onnx import helper, numpy_helper
 
-    gain = _pixels(spec)
-    offset = -float(np.mean(spec.input.mean)) / float(np.mean(spec.input.std))
+    gain, offset = _normalisation(spec)
     consts += [
         numpy_helper.from_array(np.array(offset, np.float32), "null_offset"),
         numpy_helper.from_array(np.array(1.0 / gain, np.float32), "null_gain"),
@@ -228,8 +228,7 @@ def _segmenter(spec: ModelSpec, verdict: Verdict):
     if verdict == "contrast":
         # Dark pixels are classes 1 and 3, bright ones 2 and 4: logit = weight * pixel + bias,
         # crossing 0 at DARK (dark classes) or BRIGHT (bright ones).
-        gain = _pixels(spec)
-        offset = -float(np.mean(spec.input.mean)) / float(np.mean(spec.input.std))
+        gain, offset = _normalisation(spec)
         weight = np.zeros(k, np.float32)
         bias = np.full(k, -SURE, np.float32)
         classes = _class_channels(spec)
