@@ -125,12 +125,13 @@ def _label(
     keep = stats.area >= floor[every.mask_of]
     kept_run = keep[every.labels]
     for m, (i, _, level_sum) in enumerate(group):
-        kept = np.flatnonzero(keep & (every.mask_of == m))
+        ours = every.mask_of == m
+        kept = np.flatnonzero(keep & ours)
         if kept.size == 0:
             continue
         mine = every.mask_of_run == m
         kept_runs = every.runs.select(mine & kept_run)
-        if kept.size < np.count_nonzero(every.mask_of == m):  # less the components dropped
+        if kept.size < np.count_nonzero(ours):  # less the components dropped
             level_sum -= _levels_over(maps[i], every.runs.select(mine & ~kept_run))
         x0, y0, x1, y1 = stats.x0[kept], stats.y0[kept], stats.x1[kept], stats.y1[kept]
         areas = stats.area[kept]
