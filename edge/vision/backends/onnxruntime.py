@@ -14,10 +14,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.vision.backends.base import BackendError, check_input_shape
+from edge.vision.backends.modelio import ORT_TYPES, check_input_type, fused_model, pick
 from edge.vision.modelspec import ModelFiles
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-_ONNX_TYPES = {1: "tensor(float)", 10: "tensor(float16)"}  # onnx.TensorProto.FLOAT, FLOAT16
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -56,7 +54,7 @@ class OnnxRuntimeBackend:
         self.fused = fused
         source: str | bytes = str(files.onnx_path)
         if fused:
-            source, args = _fused_model(files, sample_shape)
+            source, args = fused_model(files, sample_shape)
         try:
             self.session = ort.InferenceSession(
                 source, sess_options=session_options(threads), providers=self.providers
@@ -66,12 +64,12 @@ class OnnxRuntimeBackend:
         if not fused:
             args = _model_args(self.session, files)
         model_input, self.output_shape = args
-        self.input_dtype = np.dtype(np.uint8 if fused else _ORT_TYPES[model_input.type])
+        self.input_dtype = np.dtype(np.uint8 if fused else ORT_TYPES[model_input.type])
         self.input = self.session.get_inputs()[0] if fused else model_input
         self.output = (
             self.session.get_outputs()[0]
             if fused
-            else _pick(self.session.get_outputs(), files.spec.output.name, "output", files)
+            else pick(self.session.get_outputs(), files.spec.output.name, "output", files)
         )
         check_input_shape(files, model_input.name, list(model_input.shape), sample_shape)
         batch_dim = model_input.shape[0]
@@ -102,76 +100,10 @@ class OnnxRuntimeBackend:
         del self.session
 
 
-class _Arg:
-    """A graph input or output as ``_pick`` and the checks read it (ORT's NodeArg has these)."""
-
-    def __init__(self, name: str, type: str, shape: list[Any]) -> None:
-        self.name, self.type, self.shape = name, type, shape
-
-
-def _check_input_type(arg: Any, files: ModelFiles) -> None:
-    if arg.type not in _ORT_TYPES:
-        raise BackendError(
-            f"model {files.model_id} input {arg.name!r} is {arg.type}; "
-            "only float32 and float16 inputs are supported"
-        )
-
-
 def _model_args(session: ort.InferenceSession, files: ModelFiles) -> tuple[Any, list[Any]]:
     """The raw model's input (checked) and declared output shape, from its session."""
     spec = files.spec
-    model_input = _pick(session.get_inputs(), spec.input.name, "input", files)
-    _check_input_type(model_input, files)
-    output = _pick(session.get_outputs(), spec.output.name, "output", files)
+    model_input = pick(session.get_inputs(), spec.input.name, "input", files)
+    check_input_type(model_input, files)
+    output = pick(session.get_outputs(), spec.output.name, "output", files)
     return model_input, list(output.shape)
-
-
-def _fused_model(
-    files: ModelFiles, sample_shape: tuple[int, ...]
-) -> tuple[bytes, tuple[_Arg, list[Any]]]:
-    """The model's ONNX inside its prologue and epilogue, after checking its own I/O."""
-    from build_engine.graph import fuse
-    from edge.vision.preprocess import OutputAdapter, graph_io
-
-    try:
-        import onnx
-    except ImportError:  # a dependency of edge; only a broken install lacks it
-        raise BackendError("the fused ONNX Runtime path needs the onnx package") from None
-    try:
-        model = onnx.load(str(files.onnx_path))
-    except Exception as exc:
-        raise BackendError(f"ONNX Runtime cannot load {files.onnx_path}: {exc}") from None
-    graph, spec = model.graph, files.spec
-    initialized = {i.name for i in model.graph.initializer}
-    inputs = [_arg(a) for a in graph.input if a.name not in initialized]
-    model_input = _pick(inputs, spec.input.name, "input", files)
-    _check_input_type(model_input, files)
-    check_input_shape(files, model_input.name, list(model_input.shape), sample_shape)
-    output = _pick([_arg(a) for a in graph.output], spec.output.name, "output", files)
-    shape = [d if isinstance(d, int) and d > 0 else None for d in output.shape]
-    try:
-        OutputAdapter(spec).check_declared(shape)
-        fused = fuse(model, graph_io(spec), target="onnxruntime")
-    except (ValueError, onnx.checker.ValidationError) as exc:  # FuseError is a ValueError
-        raise BackendError(f"model {files.model_id}: {exc}") from None
-    return fused.SerializeToString(), (model_input, output.shape)
-
-
-def _arg(value: Any) -> _Arg:
-    tensor = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in tensor.shape.dim]  # fmt: skip
-    return _Arg(value.name, _ONNX_TYPES.get(tensor.elem_type, f"type {tensor.elem_type}"), dims)
-
-
-def _pick(args: list, wanted: str | None, what: str, files: ModelFiles):
-    if wanted is None:
-        return args[0]
-    for arg in args:
-        if arg.name == wanted:
-            return arg
-    names = [a.name for a in args]
-    raise BackendError(
-        f"model {files.model_id} has no {what} named {wanted!r} ({what}.name in its config); "
-        f"its {what}s are {names}"
-    )
