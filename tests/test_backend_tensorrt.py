@@ -12,7 +12,7 @@ import pytest
 from build_engine.build import BuildOptions, build_model
 from build_engine.sidecar import SIDECAR_FILE
 from edge.daemon.config import shipped_models
-from edge.tools.synthetic import strip_stream
+from edge.vision.synthetic import strip_stream
 from edge.vision.backends.agreement import compare, make_batch
 from edge.vision.backends.base import BackendError
 from edge.vision.backends.engines import StaleEngine, locate, model_facts

@@ -29,7 +29,7 @@ from edge.cli.gpu import find_models
 from edge.cli.main import app
 from edge.daemon.config import shipped_models
 from edge.line.camera import load_strip
-from edge.tools.synthetic import strip_stream
+from edge.vision.synthetic import strip_stream
 from edge.vision.backends.agreement import MASK_IOU_MIN, SCORE_TOLERANCE, compare, make_batch
 from edge.vision.backends.engines import locate, model_facts, sidecar_spec
 from edge.vision.backends.onnxruntime import OnnxRuntimeBackend

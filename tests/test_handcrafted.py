@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from edge.tools.handcrafted import CLASSES, write_repository
-from edge.tools.synthetic import generate_strip
+from edge.vision.synthetic import generate_strip
 from edge.vision.modelspec import (
     ModelFiles,
     load_repository,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge.daemon.config import shipped_models
-from edge.tools.synthetic import strip_stream
+from edge.vision.synthetic import strip_stream
 from edge.tools.training.evaluate import evaluate
 from edge.tools.training.labels import load_labelled
 from edge.vision.cascade import Cascade

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.tools.synthetic import MATERIAL_CHANGE, SyntheticStrip, generate_strip, strip_stream
+from edge.vision.synthetic import MATERIAL_CHANGE, SyntheticStrip, generate_strip, strip_stream
 
 ALL_COMBOS = [c for r in range(5) for c in itertools.combinations((1, 2, 3, 4), r)]
 

@@ -76,7 +76,7 @@ def camera(
         ordered = itertools.cycle(paths) if loop else iter(paths)
         frames = (load_strip(p, gray=not color) for p in ordered)
     else:
-        from edge.tools.synthetic import strip_stream
+        from edge.vision.synthetic import strip_stream
 
         frames = (s.image for s in strip_stream(seed, defect_rate=defect_rate))
         if color:

@@ -23,7 +23,7 @@ from edge.daemon.config import load_config
 from edge.daemon.server import Server
 from edge.line.camera import FramePublisher, Pacer
 from edge.line.listen import listen
-from edge.tools.synthetic import CLASS_NAMES, strip_stream
+from edge.vision.synthetic import CLASS_NAMES, strip_stream
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 
 from build_engine.machine import INSTALL_HINT, EnvFacts, detect_facts
 from edge import __version__
-from edge.tools.synthetic import strip_stream
+from edge.vision.synthetic import strip_stream
 from edge.vision.backends import auto
 from edge.vision.backends.agreement import compare, make_batch
 from edge.vision.backends.base import BackendError

@@ -2,7 +2,7 @@
 
 They were the first shipped models; the trained ones (``edge train``) replaced them in
 ``models/``. They remain a model pair that needs only ``onnx`` to build, with known behaviour
-on ``edge.tools.synthetic`` strips: a torch-free fallback and a fixture. Every filter is a pooling or
+on ``edge.vision.synthetic`` strips: a torch-free fallback and a fixture. Every filter is a pooling or
 convolution with fixed weights; the per-class responses become logits through a fixed affine
 map, tuned on synthetic strips (numbers in docs/handcrafted-models.md).
 
@@ -48,7 +48,7 @@ DESCRIPTION = (
     "Tuned on edge.synthetic strips; for demos and wiring tests, not for production."
 )
 
-# Everything below is in units of x = pixel / 255 and was tuned on edge.tools.synthetic strips.
+# Everything below is in units of x = pixel / 255 and was tuned on edge.vision.synthetic strips.
 # Per class (pits, scratches, scale, holes): logit = gain * (response - offset), so the offset is
 # where the probability crosses 0.5 and the config's thresholds can stay at 0.5.
 SEG_GAIN = (100.0, 100.0, 1000.0, 25.0)

@@ -14,7 +14,7 @@ import numpy as np
 
 from edge.line.camera import images_in, load_strip
 from edge.protocol import FrameHeader, encode_frame
-from edge.tools.synthetic import CLASS_IDS, STREAM_CLASS_WEIGHTS, generate_strip
+from edge.vision.synthetic import CLASS_IDS, STREAM_CLASS_WEIGHTS, generate_strip
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class StripPool:
 def synthetic_pool(count: int, defect_rate: float, seed: int = 0) -> StripPool:
     """``count`` strips of which exactly round(defect_rate * count) are defective, shuffled.
 
-    Classes are picked the way ``edge.tools.synthetic.strip_stream`` picks them (1-2 per defective
+    Classes are picked the way ``edge.vision.synthetic.strip_stream`` picks them (1-2 per defective
     strip, stream weights), but the defective share is exact rather than a coin flip per strip,
     so a short run measures the rate it was asked for.
     """

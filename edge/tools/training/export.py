@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from build_engine.sidecar import atomic_write
-from edge.tools.synthetic import CLASS_NAMES
+from edge.vision.synthetic import CLASS_NAMES
 from edge.vision.modelspec import CONFIG_FILE, METADATA_KEY, MODEL_FILE, ModelSpec
 
 if TYPE_CHECKING:  # torch and onnx only where a model is exported: `edge tune` writes configs

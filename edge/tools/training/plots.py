@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.tools.synthetic import CLASS_NAMES
+from edge.vision.synthetic import CLASS_NAMES
 from edge.tools.training import metrics
 from edge.tools.training.evaluate import StripOutputs, tile_labels
 from edge.tools.training.labels import NUM_CLASSES

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.tools.synthetic import CLASS_IDS, STREAM_CLASS_WEIGHTS, generate_strip
+from edge.vision.synthetic import CLASS_IDS, STREAM_CLASS_WEIGHTS, generate_strip
 from edge.tools.training.labels import NUM_CLASSES, LabelledStrip
 
 # A crop is labelled "class k present" from this many of its pixels; fewer (a defect's edge
