@@ -12,7 +12,6 @@ import pytest
 from build_engine.build import BuildOptions, build_model
 from build_engine.sidecar import SIDECAR_FILE
 from edge.daemon.config import shipped_models
-from edge.vision.synthetic import strip_stream
 from edge.vision.backends.agreement import compare, make_batch
 from edge.vision.backends.base import BackendError
 from edge.vision.backends.engines import StaleEngine, locate, model_facts
@@ -21,6 +20,7 @@ from edge.vision.backends.tensorrt import TensorRTBackend, import_gpu
 from edge.vision.cascade import Cascade
 from edge.vision.modelspec import load_repository
 from edge.vision.preprocess import InputAdapter
+from edge.vision.synthetic import strip_stream
 from tests.engine_fixtures import fake_engine
 from tests.gpu import gpu_facts, requires_gpu
 

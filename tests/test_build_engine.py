@@ -29,12 +29,12 @@ from edge.cli.gpu import find_models
 from edge.cli.main import app
 from edge.daemon.config import shipped_models
 from edge.line.camera import load_strip
-from edge.vision.synthetic import strip_stream
 from edge.vision.backends.agreement import MASK_IOU_MIN, SCORE_TOLERANCE, compare, make_batch
 from edge.vision.backends.engines import locate, model_facts, sidecar_spec
 from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
 from edge.vision.modelspec import ModelConfigError, ModelFiles, ModelSpec, load_repository
 from edge.vision.preprocess import InputAdapter
+from edge.vision.synthetic import strip_stream
 from tests.engine_fixtures import LINE_GPU, fake_engine
 from tests.gpu import gpu_facts, requires_gpu
 

@@ -14,13 +14,13 @@ import onnxruntime as ort
 import pytest
 
 from edge.tools.handcrafted import CLASSES, write_repository
-from edge.vision.synthetic import generate_strip
 from edge.vision.modelspec import (
     ModelFiles,
     load_repository,
     resolve_model_dir,
     spec_from_onnx_metadata,
 )
+from edge.vision.synthetic import generate_strip
 from edge.vision.tiling import tile_grid
 
 FILES = [

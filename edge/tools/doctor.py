@@ -19,7 +19,6 @@ import numpy as np
 
 from build_engine.machine import INSTALL_HINT, EnvFacts, detect_facts
 from edge import __version__
-from edge.vision.synthetic import strip_stream
 from edge.vision.backends import auto
 from edge.vision.backends.agreement import compare, make_batch
 from edge.vision.backends.base import BackendError
@@ -27,6 +26,7 @@ from edge.vision.backends.engines import EngineError, locate, scan
 from edge.vision.modelspec import ModelConfigError, ModelFiles, load_repository
 from edge.vision.preprocess import InputAdapter
 from edge.vision.replicas import on_gpu, plan_workers, usable_cores
+from edge.vision.synthetic import strip_stream
 
 Echo = Callable[[str], None]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from build_engine.sidecar import atomic_write
-from edge.vision.synthetic import CLASS_NAMES
 from edge.vision.modelspec import CONFIG_FILE, METADATA_KEY, MODEL_FILE, ModelSpec
+from edge.vision.synthetic import CLASS_NAMES
 
 if TYPE_CHECKING:  # torch and onnx only where a model is exported: `edge tune` writes configs
     import onnx

@@ -8,10 +8,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.vision.synthetic import CLASS_NAMES
 from edge.tools.training import metrics
 from edge.tools.training.evaluate import StripOutputs, tile_labels
 from edge.tools.training.labels import NUM_CLASSES
+from edge.vision.synthetic import CLASS_NAMES
 
 # BGR colours per class for overlays (OpenCV writes BGR).
 CLASS_COLOURS = ((0, 200, 255), (255, 120, 0), (0, 220, 0), (220, 0, 220))

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.vision.synthetic import CLASS_IDS, STREAM_CLASS_WEIGHTS, generate_strip
 from edge.tools.training.labels import NUM_CLASSES, LabelledStrip
+from edge.vision.synthetic import CLASS_IDS, STREAM_CLASS_WEIGHTS, generate_strip
 
 # A crop is labelled "class k present" from this many of its pixels; fewer (a defect's edge
 # clipped by the crop) is too little to call either way, so such labels carry no loss.
