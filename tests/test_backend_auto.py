@@ -1,4 +1,7 @@
-"""`--backend auto` and `tensorrt` on a machine without a GPU: the fallback and its reasons."""
+"""`--backend auto` and `tensorrt` on a machine without a GPU: the fallback and its reasons.
+
+Here without OpenVINO (``openvino_version=None``, or its ``version`` patched to say so); auto's
+choice of OpenVINO is tested in tests/test_backend_openvino.py."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from edge.cli.main import app
-from edge.vision.backends import auto
+from edge.vision.backends import auto, openvino
 from edge.vision.backends.base import BackendError
 from edge.vision.backends.engines import EnvFacts
 from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
@@ -24,7 +27,11 @@ NO_GPU = EnvFacts("10.3.0", None, None, "2025.1", problems=("no usable NVIDIA GP
 
 def test_auto_falls_back_to_onnxruntime_and_says_tensorrt_is_missing() -> None:
     choice = auto.choose(
-        "auto", engines=Path("engines"), facts=CPU, available=["CPUExecutionProvider"]
+        "auto",
+        engines=Path("engines"),
+        facts=CPU,
+        available=["CPUExecutionProvider"],
+        openvino_version=None,
     )
     assert choice.backend == "onnxruntime"
     assert choice.providers == ("CPUExecutionProvider",)
@@ -35,7 +42,11 @@ def test_auto_falls_back_to_onnxruntime_and_says_tensorrt_is_missing() -> None:
 
 def test_auto_without_a_gpu_says_so() -> None:
     choice = auto.choose(
-        "auto", engines=Path("engines"), facts=NO_GPU, available=["CPUExecutionProvider"]
+        "auto",
+        engines=Path("engines"),
+        facts=NO_GPU,
+        available=["CPUExecutionProvider"],
+        openvino_version=None,
     )
     assert choice.backend == "onnxruntime"
     assert "no usable NVIDIA GPU: cuInit failed" in choice.reason
@@ -76,7 +87,12 @@ def test_onnxruntime_gpu_providers_come_first_when_installed() -> None:
     )
 
 
-def test_auto_creates_an_onnxruntime_backend_and_logs_why(tiny_repo: Path) -> None:
+@pytest.fixture
+def no_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openvino, "version", lambda: None)
+
+
+def test_auto_creates_an_onnxruntime_backend_and_logs_why(tiny_repo: Path, no_openvino) -> None:
     files = load_repository(tiny_repo)["classifier"]
     shape = InputAdapter(files.spec).sample_shape()
     with capture_logs() as logs:
@@ -110,7 +126,9 @@ def test_tensorrt_requested_where_it_cannot_run_is_refused_clearly(
     assert message in str(err.value)
 
 
-def test_cascade_with_auto_runs_on_onnxruntime_here(tiny_repo: Path, tmp_path: Path) -> None:
+def test_cascade_with_auto_runs_on_onnxruntime_without_openvino(
+    tiny_repo: Path, tmp_path: Path, no_openvino
+) -> None:
     cascade = Cascade.load(tiny_repo, "auto", max_batch=4, threads=1, engines=tmp_path)
     try:
         assert cascade.classifier.backend.name == "onnxruntime"
@@ -132,4 +150,7 @@ def test_an_unknown_backend_is_a_config_error(tiny_repo: Path) -> None:
     args = ["run", "--bind-source", "tcp://127.0.0.1:*", "--models", str(tiny_repo)]
     result = CliRunner().invoke(app, [*args, "--backend", "cuda"])
     assert result.exit_code == 2
-    assert "backend" in result.output and "'onnxruntime', 'tensorrt' or 'auto'" in result.output
+    assert (
+        "backend" in result.output
+        and "'onnxruntime', 'openvino', 'tensorrt' or 'auto'" in result.output
+    )

@@ -44,7 +44,7 @@ def test_help_names_the_options() -> None:
     [
         (["--mode", "fastest"], "--mode must be one of"),
         (["--batch", "1,x"], "--batch must be comma-separated integers"),
-        (["--backend", "cuda"], "--backend must be onnxruntime, tensorrt or auto"),
+        (["--backend", "cuda"], "--backend must be one of onnxruntime, openvino, tensorrt, auto"),
     ],
 )
 def test_bad_options_are_named(args: list[str], message: str) -> None:

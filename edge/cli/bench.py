@@ -14,7 +14,15 @@ from edge.logs import configure
 
 
 def bench(
-    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt | auto")] = "onnxruntime",
+    backend: Annotated[
+        str, typer.Option(help="onnxruntime | openvino | tensorrt | auto")
+    ] = "onnxruntime",
+    openvino_device: Annotated[
+        str, typer.Option(help="OpenVINO's device: CPU, GPU, GPU.1, NPU.")
+    ] = "CPU",
+    openvino_precision: Annotated[
+        str, typer.Option(help="OpenVINO's inference precision: f32 | bf16 | f16 | auto.")
+    ] = "auto",
     models: Annotated[
         Path | None, typer.Option(help="Model repository. (default: the shipped reference models)")
     ] = None,
@@ -82,11 +90,18 @@ def bench(
     from edge.line.camera import ImageLoadError
     from edge.tools.bench import MODES, BenchSettings, run_bench, write_json
     from edge.tools.bench.e2e import E2EError
+    from edge.vision.backends.auto import BACKENDS
     from edge.vision.backends.base import BackendError
+    from edge.vision.backends.openvino import PRECISIONS
     from edge.vision.modelspec import ModelConfigError
 
-    if backend not in ("onnxruntime", "tensorrt", "auto"):
-        raise fail(f"--backend must be onnxruntime, tensorrt or auto, got {backend!r}")
+    if backend not in BACKENDS:
+        raise fail(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if openvino_precision not in PRECISIONS:
+        raise fail(
+            f"--openvino-precision must be one of {', '.join(PRECISIONS)}; "
+            f"got {openvino_precision!r}"
+        )
     try:
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
@@ -108,6 +123,8 @@ def bench(
         modes=[m for m in MODES if m in modes],
         backend=backend,
         engines=engines,
+        openvino_device=openvino_device,
+        openvino_precision=openvino_precision,
         batches=batches,
         defect_rate=defect_rate,
         duration_s=duration,

@@ -70,7 +70,25 @@ def run(
         typer.Option("--config", "-c", help="TOML configuration file; flags override it."),
     ] = None,
     backend: Annotated[
-        str | None, typer.Option(help="onnxruntime | tensorrt | auto (default: onnxruntime)")
+        str | None,
+        typer.Option(help="onnxruntime | openvino | tensorrt | auto (default: onnxruntime)"),
+    ] = None,
+    openvino_device: Annotated[
+        str | None, typer.Option(help="OpenVINO's device: CPU, GPU, GPU.1, NPU. (default: CPU)")
+    ] = None,
+    openvino_precision: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenVINO's inference precision: f32 | bf16 | f16 | auto (the device's "
+            "default). (default: auto)"
+        ),
+    ] = None,
+    check_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of recorded strips --backend auto checks OpenVINO on against FP32 "
+            "ONNX Runtime; unset: synthetic strips."
+        ),
     ] = None,
     engines: Annotated[
         Path | None, typer.Option(help="TensorRT engine folder, from `edge build`.")
@@ -172,6 +190,9 @@ def run(
         publish=publish,
         models=models,
         backend=backend,
+        openvino_device=openvino_device,
+        openvino_precision=openvino_precision,
+        check_images=check_images,
         engines=engines,
         rebuild_stale=rebuild_stale,
         max_batch=max_batch,

@@ -27,6 +27,7 @@ from edge.protocol.endpoints import check_endpoint
 from edge.settings import ConfigError as ConfigError  # raised by load_config
 from edge.settings import load_validated
 from edge.vision.backends.auto import BackendName
+from edge.vision.backends.openvino import OpenVinoOptions, Precision
 
 
 def shipped_models() -> Path:
@@ -38,6 +39,12 @@ def _state_directory() -> Path | None:
     """systemd's StateDirectory= (the unit sets it) gives the daemon a place that survives."""
     value = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(value) if value else None
+
+
+def _cache_directory() -> Path | None:
+    """systemd's CacheDirectory= (the unit sets it): OpenVINO's compiled models live there."""
+    value = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    return Path(value) / "openvino" if value else None
 
 
 def _endpoint(value: str, *, bind: bool) -> str:
@@ -85,6 +92,26 @@ class Config(BaseModel):
     )
     threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads per worker; 0 = the cores / workers"
+    )
+    openvino_device: str = Field(
+        "CPU",
+        min_length=1,
+        description="OpenVINO's device for --backend openvino or auto: CPU, GPU, GPU.1, NPU",
+    )
+    openvino_precision: Precision = Field(
+        "auto",
+        description="OpenVINO's inference precision: f32, bf16, f16, or auto (the device's "
+        "default: bf16 on CPUs with AMX or AVX-512 BF16)",
+    )
+    openvino_cache: Path | None = Field(
+        default_factory=_cache_directory,
+        description="where OpenVINO keeps compiled models across starts (default: "
+        "$CACHE_DIRECTORY/openvino, set by systemd's CacheDirectory=; off if unset)",
+    )
+    check_images: Path | None = Field(
+        None,
+        description="folder of recorded strips (PNG/JPEG) that --backend auto checks OpenVINO "
+        "against FP32 ONNX Runtime on (default: synthetic strips)",
     )
     max_batch: int = Field(32, gt=0, le=1024, description="tiles per model batch")
     max_wait_ms: float = Field(
@@ -184,6 +211,13 @@ class Config(BaseModel):
             )
         return value
 
+    @field_validator("check_images")
+    @classmethod
+    def _check_images(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a folder of recorded strips")
+        return value
+
     @field_validator("models")
     @classmethod
     def _models_dir(cls, value: Path) -> Path:
@@ -204,6 +238,15 @@ class Config(BaseModel):
         return self
 
     @property
+    def openvino(self) -> OpenVinoOptions:
+        """How the OpenVINO backend compiles the models (the streams follow the workers)."""
+        return OpenVinoOptions(
+            device=self.openvino_device,
+            precision=self.openvino_precision,
+            cache_dir=self.openvino_cache,
+        )
+
+    @property
     def metrics_address(self) -> tuple[str, int] | None:
         return None if self.metrics is None else parse_host_port(self.metrics)
 
@@ -219,6 +262,8 @@ def parse_host_port(value: str) -> tuple[str, int]:
 _PATH_KEYS = (
     "models",
     "engines",
+    "openvino_cache",
+    "check_images",
     "curve_secret_key",
     "curve_authorized_clients",
     "pid_file",

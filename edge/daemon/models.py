@@ -29,6 +29,7 @@ from edge.daemon.config import Config
 from edge.daemon.metrics import Metrics
 from edge.daemon.notify import Notifier
 from edge.daemon.security import CurveServer, SecurityError
+from edge.vision.backends import auto
 from edge.vision.replicas import (
     Replicas,
     WorkerPlan,
@@ -112,7 +113,7 @@ def prepare(
 
 def worker_plan(cfg: Config, workers: int | None = None) -> WorkerPlan:
     """How many inference workers a config gets here, and threads for each."""
-    gpu = runs_on_gpu(cfg.backend, cfg.engines)
+    gpu = runs_on_gpu(cfg.backend, cfg.engines, cfg.openvino)
     plan = plan_workers(cfg.workers, cfg.threads, cores=usable_cores(), gpu=gpu)
     if workers is not None and workers != plan.workers:
         # A reload keeps the running workers; threads follow the new config for that count.
@@ -129,6 +130,9 @@ def load_models(cfg: Config, workers: int | None = None) -> Replicas:
         threads_per_worker=plan.threads or "onnxruntime default",
         reason=plan.reason,
     )
+    check = None
+    if cfg.backend == "auto" and cfg.check_images is not None:
+        check = auto.read_check_strips(cfg.check_images)
     return load_replicas(
         cfg.models,
         cfg.backend,
@@ -136,6 +140,8 @@ def load_models(cfg: Config, workers: int | None = None) -> Replicas:
         max_batch=cfg.max_batch,
         engines=cfg.engines,
         rebuild_stale=cfg.rebuild_stale,
+        openvino=cfg.openvino,
+        check=check,
     )
 
 

@@ -61,6 +61,10 @@ ReadWritePaths=/run/edge
 # gap: systemd creates /var/lib/edge, writable by the daemon, and sets $STATE_DIRECTORY.
 StateDirectory=edge
 StateDirectoryMode=0750
+# OpenVINO's compiled models (backend openvino or auto), so a restart skips compiling:
+# systemd creates /var/cache/edge and sets $CACHE_DIRECTORY (the default openvino_cache).
+CacheDirectory=edge
+CacheDirectoryMode=0750
 # With rebuild_stale = true the daemon rebuilds stale TensorRT engines in its engine folder,
 # which must then be writable too, e.g.: ReadWritePaths=/run/edge /var/lib/edge/engines
 ProtectKernelTunables=yes
@@ -103,6 +107,13 @@ sources = ["tcp://cam1:5555", "tcp://cam2:5555"]
 # Where subscribers (PLC bridges, dashboards) connect. Localhost unless you mean otherwise.
 publish = "tcp://127.0.0.1:5556"
 # models = "/opt/edge/models"     # default: the reference models shipped with the package
+
+# The backend: onnxruntime (CPU, the default), openvino (Intel CPUs, iGPUs, NPUs: pip install
+# 'edge[openvino]'), tensorrt (NVIDIA, with engines = "..."), or auto, which picks and logs why.
+backend = "onnxruntime"
+# openvino_device = "CPU"         # default: CPU; or GPU, GPU.1, NPU
+# openvino_precision = "auto"     # default: auto, which is bf16 on CPUs with AMX or AVX-512 BF16
+# check_images = "/var/lib/edge/check"  # recorded strips auto checks OpenVINO on; unset: synthetic ones
 
 # Inference: 0 = auto (CPU: one one-thread worker per core, up to 4; GPU: one worker). The
 # `inference workers` log line at start says what was chosen.

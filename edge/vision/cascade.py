@@ -20,6 +20,7 @@ import numpy as np
 from build_engine.graph import PROB_SCALE
 from edge.vision.backends import auto
 from edge.vision.backends.base import Backend, BackendError
+from edge.vision.backends.openvino import OpenVinoOptions
 from edge.vision.modelspec import ModelFiles, load_repository
 from edge.vision.preprocess import InputAdapter, OutputAdapter
 from edge.vision.tiling import Stitcher, Window
@@ -165,11 +166,14 @@ class Cascade:
         engines: Path | None = None,
         rebuild_stale: bool = False,
         fused: bool = True,
+        openvino: OpenVinoOptions | None = None,
+        check: auto.CheckStrips | None = None,
     ) -> Cascade:
         """Load both models of a repository and prove they run (errors name the model).
 
         ``fused``: each model runs inside its prologue and epilogue (``build_engine.graph``),
         as the daemon serves them; False: the raw model, pre- and post-processed on the host.
+        ``openvino`` and ``check``: how OpenVINO compiles, and the strips ``auto`` checks it on.
         """
         stages = {}
         for role, files in load_repository(models).items():
@@ -183,6 +187,8 @@ class Cascade:
                 engines=engines,
                 rebuild_stale=rebuild_stale,
                 fused=fused,
+                options=openvino,
+                check=check,
             )
             stages[role] = Stage(files, runner)
         cascade = cls(stages["classifier"], stages["segmenter"])

@@ -12,11 +12,13 @@ belong to one thread), and the GPU parallelises within each batch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.vision.backends import auto
+from edge.vision.backends.openvino import OpenVinoOptions
 from edge.vision.cascade import Cascade
 
 # Auto never starts more: each replica holds its own sessions and arenas, and past a few
@@ -63,13 +65,18 @@ def plan_workers(workers: int, threads: int, *, cores: int, gpu: bool) -> Worker
     return WorkerPlan(count, max(1, cores // count), f"auto: {count} worker(s) over {cores} cores")
 
 
-def runs_on_gpu(backend: auto.BackendName, engines: Path | None) -> bool:
+def runs_on_gpu(
+    backend: auto.BackendName, engines: Path | None, openvino: OpenVinoOptions | None = None
+) -> bool:
     """Whether ``backend`` will run the models on a GPU here (auto decides as it will load)."""
-    return on_gpu(auto.choose(backend, engines=engines))
+    return on_gpu(auto.choose(backend, engines=engines, options=openvino))
 
 
 def on_gpu(choice: auto.Choice) -> bool:
-    """Whether a backend choice runs the models on a GPU."""
+    """Whether a backend choice runs the models on a GPU (or OpenVINO's iGPU or NPU): then one
+    worker feeds it, and the device parallelises within each batch."""
+    if choice.backend == "openvino":
+        return choice.device.upper().startswith(("GPU", "NPU"))
     return choice.backend == "tensorrt" or any(
         p != "CPUExecutionProvider" for p in choice.providers
     )
@@ -94,7 +101,9 @@ class Replicas:
 
     @property
     def backend_name(self) -> str:
-        return self.first.classifier.backend.name
+        """The backend, or classifier's/segmenter's where ``auto`` chose one per model."""
+        names = [self.first.classifier.backend.name, self.first.segmenter.backend.name]
+        return names[0] if names[0] == names[1] else "/".join(names)
 
     def close(self) -> None:
         for cascade in self.cascades:
@@ -109,12 +118,15 @@ def load_replicas(
     max_batch: int = 32,
     engines: Path | None = None,
     rebuild_stale: bool = False,
+    openvino: OpenVinoOptions | None = None,
+    check: auto.CheckStrips | None = None,
 ) -> Replicas:
     """``plan.workers`` cascades of the same models, each loaded and self-tested.
 
     The first copy logs `backend chosen` for each model, with ``copies``; the others load the
-    same way and say nothing more.
+    same way and say nothing more. OpenVINO compiles each model once with a stream per copy.
     """
+    openvino = dataclasses.replace(openvino or OpenVinoOptions(), streams=plan.workers)
     cascades: list[Cascade] = []
     try:
         for index in range(plan.workers):
@@ -127,6 +139,8 @@ def load_replicas(
                         threads=plan.threads,
                         engines=engines,
                         rebuild_stale=rebuild_stale,
+                        openvino=openvino,
+                        check=check,
                     )
                 )
     except BaseException:

@@ -43,6 +43,8 @@ class E2ESettings:
     memory_s: float  # seconds at 2x saturation; 0: no such step (no memory figures)
     estimate: float  # expected saturation, strips/s, to place the ramp
     engines: Path | None = None  # TensorRT engine folder (--backend tensorrt/auto)
+    openvino_device: str = "CPU"  # --backend openvino/auto
+    openvino_precision: str = "auto"
 
 
 def step_seconds(duration_s: float) -> dict[str, float]:
@@ -57,6 +59,8 @@ def daemon_options(settings: E2ESettings) -> list[str]:
         "--models", str(settings.models),
         "--backend", settings.backend,
         *(["--engines", str(settings.engines)] if settings.engines else []),
+        "--openvino-device", settings.openvino_device,
+        "--openvino-precision", settings.openvino_precision,
         "--workers", str(settings.workers),
         "--threads", str(settings.threads),
         "--max-batch", str(settings.max_batch),

@@ -25,6 +25,7 @@ from edge.tools.bench.report import render
 from edge.tools.bench.stats import CpuMeter, gate_counts, gate_pass_share, machine_info, peak_rss_mb
 from edge.tools.bench.summary import backend_in_strips, ratios, targets, write_json
 from edge.tools.bench.workload import StripPool, image_pool, synthetic_pool
+from edge.vision.backends.openvino import OpenVinoOptions
 from edge.vision.cascade import Cascade
 from edge.vision.replicas import WorkerPlan, load_replicas, plan_workers, runs_on_gpu, usable_cores
 
@@ -42,6 +43,8 @@ class BenchSettings:
     modes: Sequence[str] = MODES
     backend: str = "onnxruntime"
     engines: Path | None = None  # TensorRT engine folder
+    openvino_device: str = "CPU"
+    openvino_precision: str = "auto"
     batches: Sequence[int] = (1, 8, 32)
     defect_rate: float = 0.2
     duration_s: float = 20.0
@@ -71,6 +74,8 @@ def _line(settings: BenchSettings, plan: WorkerPlan, max_batch: int) -> E2ESetti
         models=settings.models,
         backend=settings.backend,
         engines=settings.engines,
+        openvino_device=settings.openvino_device,
+        openvino_precision=settings.openvino_precision,
         workers=plan.workers,
         threads=plan.threads,
         max_batch=max_batch,
@@ -85,8 +90,16 @@ def _line(settings: BenchSettings, plan: WorkerPlan, max_batch: int) -> E2ESetti
 
 def worker_plan(settings: BenchSettings) -> WorkerPlan:
     """The daemon's plan for these settings on this machine (``edge.vision.replicas``)."""
-    gpu = runs_on_gpu(settings.backend, settings.engines)  # type: ignore[arg-type]
+    gpu = runs_on_gpu(settings.backend, settings.engines, _openvino(settings))  # type: ignore[arg-type]
     return plan_workers(settings.workers, settings.threads, cores=usable_cores(), gpu=gpu)
+
+
+def _openvino(settings: BenchSettings, streams: int = 1) -> OpenVinoOptions:
+    return OpenVinoOptions(
+        device=settings.openvino_device,
+        precision=settings.openvino_precision,  # type: ignore[arg-type]
+        streams=streams,
+    )
 
 
 def _load(settings: BenchSettings, max_batch: int, threads: int) -> Cascade:
@@ -96,6 +109,7 @@ def _load(settings: BenchSettings, max_batch: int, threads: int) -> Cascade:
         max_batch=max_batch,
         threads=threads,
         engines=settings.engines,
+        openvino=_openvino(settings),
     )
 
 
@@ -109,6 +123,7 @@ def _load_cascades(
         plan=plan,
         max_batch=max_batch,
         engines=settings.engines,
+        openvino=_openvino(settings),
     ).cascades
     loaded.extend(cascades)
     return cascades

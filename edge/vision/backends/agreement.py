@@ -1,18 +1,24 @@
-"""How closely a reduced-precision model (FP16 ONNX, a TensorRT engine) follows the FP32 one.
+"""How closely a reduced-precision model (FP16 ONNX, a TensorRT engine, OpenVINO in bf16)
+follows the FP32 one.
 
 Compared where the daemon acts on them: class probabilities after the model's activation, and
 the segmenter's masks after its per-class thresholds. The tolerances are the acceptance bar
-for an FP16 engine: scores within 1e-2 and thresholded masks with IoU >= 0.99.
+for an FP16 engine and for ``auto``'s choice of OpenVINO: scores within 1e-2 and thresholded
+masks with IoU >= 0.99. Raw outputs (logits) and fused ones (``build_engine.graph``:
+probabilities, a segmenter's as uint8 round(255 p)) are both compared as the daemon reads them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from build_engine.graph import PROB_SCALE
+from edge.vision.backends.base import Backend
 from edge.vision.modelspec import ModelSpec
-from edge.vision.preprocess import InputAdapter, OutputAdapter
+from edge.vision.preprocess import InputAdapter, OutputAdapter, mask_level
 
 SCORE_TOLERANCE = 1e-2
 MASK_IOU_MIN = 0.99
@@ -40,26 +46,79 @@ class Agreement:
         )
 
 
-def probabilities(spec: ModelSpec, raw: np.ndarray) -> np.ndarray:
-    adapter = OutputAdapter(spec)
+def probabilities(spec: ModelSpec, raw: np.ndarray, fused: bool = False) -> np.ndarray:
+    """Scores (float32) or maps at the model's size: float32 from raw logits, uint8
+    round(255 p) from a fused model."""
+    adapter = OutputAdapter(spec, fused=fused)
     if spec.role == "classifier":
         return adapter.scores(raw)
     height, width = InputAdapter(spec).model_hw
+    if fused:
+        return adapter.maps(raw, height, width)
     return adapter.float_maps(raw, height, width)
 
 
-def compare(spec: ModelSpec, reference_raw: np.ndarray, raw: np.ndarray) -> Agreement:
-    ref = probabilities(spec, reference_raw)
-    got = probabilities(spec, raw)
-    diff = float(np.max(np.abs(ref.astype(np.float64) - got))) if ref.size else 0.0
-    if spec.role == "classifier":
-        return Agreement("classifier", diff, None, None)
-    thresholds = np.asarray(spec.per_class("mask"), np.float32)[None, :, None, None]
-    ref_mask, got_mask = ref >= thresholds, got >= thresholds
-    union = int(np.count_nonzero(ref_mask | got_mask))
-    inter = int(np.count_nonzero(ref_mask & got_mask))
-    iou = 1.0 if union == 0 else inter / union
-    return Agreement("segmenter", diff, iou, int(np.count_nonzero(ref_mask)))
+def _masks(spec: ModelSpec, maps: np.ndarray) -> np.ndarray:
+    """The maps after the per-class thresholds, as the daemon applies them to either form."""
+    thresholds = spec.per_class("mask")
+    if maps.dtype == np.uint8:
+        levels = np.asarray([mask_level(t) for t in thresholds], np.int16)
+        return maps >= levels[None, :, None, None]
+    return maps >= np.asarray(thresholds, np.float32)[None, :, None, None]
+
+
+def compare(
+    spec: ModelSpec, reference_raw: np.ndarray, raw: np.ndarray, *, fused: bool = False
+) -> Agreement:
+    """``fused``: both outputs come from fused models (the same form either way)."""
+    return _Counts(spec).add(reference_raw, raw, fused).agreement()
+
+
+class _Counts:
+    """What an Agreement sums over chunks: the largest difference and the masks' pixels."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.worst, self.shared, self.either, self.reference = 0.0, 0, 0, 0
+
+    def add(self, reference_raw: np.ndarray, raw: np.ndarray, fused: bool) -> _Counts:
+        ref = probabilities(self.spec, reference_raw, fused)
+        got = probabilities(self.spec, raw, fused)
+        if ref.size:
+            scale = PROB_SCALE if ref.dtype == np.uint8 else 1
+            diff = float(np.max(np.abs(ref.astype(np.float64) - got))) / scale
+            self.worst = max(self.worst, diff)
+        if self.spec.role == "segmenter":
+            ref_mask, got_mask = _masks(self.spec, ref), _masks(self.spec, got)
+            self.either += int(np.count_nonzero(ref_mask | got_mask))
+            self.shared += int(np.count_nonzero(ref_mask & got_mask))
+            self.reference += int(np.count_nonzero(ref_mask))
+        return self
+
+    def agreement(self) -> Agreement:
+        if self.spec.role == "classifier":
+            return Agreement("classifier", self.worst, None, None)
+        iou = 1.0 if self.either == 0 else self.shared / self.either
+        return Agreement("segmenter", self.worst, iou, self.reference)
+
+
+def check_fused(
+    spec: ModelSpec, reference: Backend, candidate: Backend, images: Sequence[np.ndarray]
+) -> Agreement:
+    """Both fused backends on every window of ``images``, one chunk at a time (memory stays
+    one chunk's outputs), as one Agreement: the largest difference, the masks' total IoU."""
+    adapter = InputAdapter(spec)
+    windows = [(image, w) for image in images for w in adapter.windows(*image.shape[:2])]
+    size = max(1, min(reference.max_batch, candidate.max_batch))
+    counts = _Counts(spec)
+    batch = adapter.new_batch(size, fused=True)
+    for start in range(0, len(windows), size):
+        chunk = windows[start : start + size]
+        for j, (image, window) in enumerate(chunk):
+            batch[j] = adapter.pixels_for(image, window)
+        inputs = batch[: len(chunk)]
+        counts.add(reference.infer(inputs), candidate.infer(inputs), fused=True)
+    return counts.agreement()
 
 
 def make_batch(spec: ModelSpec, images: list[np.ndarray], size: int) -> np.ndarray:

@@ -1,28 +1,38 @@
 """Picks a backend by name, or the best available one for ``auto``, and says why.
 
 ``auto``: the TensorRT backend when tensorrt and pycuda import and a GPU answers and engines
-are configured; else ONNX Runtime, on its CUDA/TensorRT execution providers when
-onnxruntime-gpu offers them, else on the CPU. The reason goes into the log line.
+are configured; else ONNX Runtime on its CUDA/TensorRT execution providers when
+onnxruntime-gpu offers them; else, on an x86 CPU with openvino installed, OpenVINO for each
+model that agrees with FP32 ONNX Runtime on the check strips (``agreement.check_fused``, as
+the model loads); else ONNX Runtime on the CPU. The reason goes into the log line.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import platform
+import threading
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import structlog
 
+from edge.vision.backends import openvino
+from edge.vision.backends.agreement import Agreement, check_fused
 from edge.vision.backends.base import Backend, BackendError
 from edge.vision.backends.engines import INSTALL_HINT, EnvFacts, detect_facts
+from edge.vision.backends.openvino import OpenVinoOptions
 from edge.vision.modelspec import ModelFiles
 
-BackendName = Literal["onnxruntime", "tensorrt", "auto"]
-BACKENDS: tuple[str, ...] = ("onnxruntime", "tensorrt", "auto")
+BackendName = Literal["onnxruntime", "openvino", "tensorrt", "auto"]
+BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino", "tensorrt", "auto")
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+X86 = ("x86_64", "amd64", "i686", "x86")
+DETECT = "detect"  # choose(): find out whether openvino is installed
 log = structlog.get_logger(__name__)
 # What `backend chosen` adds to its line, or None for no line: one load of N copies of the
 # models says it once per model (edge.vision.replicas), not once per copy.
@@ -43,9 +53,52 @@ def choice_line(extra: dict[str, Any] | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Choice:
-    backend: Literal["onnxruntime", "tensorrt"]
-    providers: tuple[str, ...]  # ONNX Runtime's, best first; empty for tensorrt
+    backend: Literal["onnxruntime", "tensorrt", "openvino"]
+    providers: tuple[str, ...]  # ONNX Runtime's, best first; empty for the others
     reason: str
+    device: str = ""  # OpenVINO's device; empty for the others
+
+
+@dataclass(frozen=True, eq=False)
+class CheckStrips:
+    """The strips ``auto`` checks OpenVINO against ONNX Runtime on, and where they are from."""
+
+    source: str  # "synthetic", or the folder of recorded strips (check_images)
+    images: tuple[np.ndarray, ...]
+
+
+def synthetic_check_strips(count: int = 4, seed: int = 7) -> CheckStrips:
+    """Synthetic strips, every one defective, so masks have something to agree on."""
+    from itertools import islice
+
+    from edge.vision.synthetic import strip_stream
+
+    images = tuple(s.image for s in islice(strip_stream(seed, defect_rate=1.0), count))
+    return CheckStrips("synthetic", images)
+
+
+CHECK_STRIPS = 8  # at most, from a folder: enough windows to see masks move, a second to run
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def read_check_strips(folder: Path, count: int = CHECK_STRIPS) -> CheckStrips:
+    """The first ``count`` images of a folder of recorded strips (by name), as they are."""
+    import cv2
+
+    images = []
+    for path in sorted(folder.iterdir()):
+        if len(images) == count:
+            break
+        if path.suffix.lower() in _IMAGE_SUFFIXES:
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                raise BackendError(f"check_images: cannot read {path} as an image")
+            images.append(image)
+    if not images:
+        raise BackendError(
+            f"check_images: {folder} holds no strips ({', '.join(_IMAGE_SUFFIXES)} files)"
+        )
+    return CheckStrips(str(folder), tuple(images))
 
 
 def ort_providers(available: list[str] | None = None) -> tuple[str, ...]:
@@ -63,18 +116,41 @@ def choose(
     engines: Path | None = None,
     facts: EnvFacts | None = None,
     available: list[str] | None = None,
+    options: OpenVinoOptions | None = None,
+    openvino_version: str | None = DETECT,
+    machine: str | None = None,
 ) -> Choice:
-    """The backend to use and the reason, for the log line a plant engineer reads."""
+    """The backend to use and the reason, for the log line a plant engineer reads.
+
+    An ``openvino`` choice made by ``auto`` still depends on each model's agreement check,
+    which ``create`` runs as it loads the model (``choose`` only chooses).
+    """
+    options = options or OpenVinoOptions()
     if requested == "tensorrt":
         return Choice("tensorrt", (), "requested")
+    if requested == "openvino":
+        return Choice("openvino", (), f"requested; on {options.device}", options.device)
     providers = ort_providers(available)
     on = "on " + ", ".join(providers)
     if requested == "onnxruntime":
         return Choice("onnxruntime", providers, f"requested; {on}")
     facts = facts if facts is not None else detect_facts()
     if not facts.gpu_ready:
-        why = "; ".join(facts.problems) or "no GPU"
-        return Choice("onnxruntime", providers, f"TensorRT unavailable ({why}); {on}")
+        why = f"TensorRT unavailable ({'; '.join(facts.problems) or 'no GPU'})"
+        if providers == ("CPUExecutionProvider",):
+            version = openvino.version() if openvino_version == DETECT else openvino_version
+            arch = (machine or platform.machine()).lower()
+            if version is not None and arch in X86:
+                return Choice(
+                    "openvino",
+                    (),
+                    f"{why}; OpenVINO {version} on this {arch} CPU ({options.device}), for "
+                    "each model that agrees with ONNX Runtime FP32 on the check strips",
+                    options.device,
+                )
+            if version is not None:
+                why += f"; OpenVINO is installed but this is a {arch} CPU, not x86"
+        return Choice("onnxruntime", providers, f"{why}; {on}")
     if engines is None:
         return Choice(
             "onnxruntime",
@@ -101,13 +177,22 @@ def create(
     rebuild_stale: bool = False,
     facts: EnvFacts | None = None,
     fused: bool = False,
+    options: OpenVinoOptions | None = None,
+    check: CheckStrips | None = None,
 ) -> Backend:
     """A backend for one model. ``fused``: ONNX Runtime runs the model inside its prologue and
     epilogue (``build_engine.graph``); a TensorRT engine is fused if it was built so (its
-    ``fused`` attribute says which, whatever was asked)."""
+    ``fused`` attribute says which, whatever was asked); OpenVINO always runs it fused.
+    ``check``: the strips ``auto`` checks OpenVINO on (default: synthetic ones)."""
     if requested not in BACKENDS:
         raise BackendError(f"unknown backend {requested!r}; use one of {list(BACKENDS)}")
-    choice = choose(requested, engines=engines, facts=facts)
+    options = options or OpenVinoOptions()
+    choice = choose(requested, engines=engines, facts=facts, options=options)
+    backend: Backend | None = None
+    if choice.backend == "openvino" and requested == "auto":
+        backend, choice = _checked_openvino(
+            files, sample_shape, max_batch, threads, options, check, choice
+        )
     extra = _CHOICE_LINE.get()
     if extra is not None:
         log.info(
@@ -118,8 +203,28 @@ def create(
             reason=choice.reason,
             **dict(extra),
         )
+    if backend is not None:
+        return backend
     if choice.backend == "tensorrt":
         return _tensorrt(files, sample_shape, max_batch, engines, rebuild_stale, facts)
+    if choice.backend == "openvino":
+        from edge.vision.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(
+            files, sample_shape, max_batch=max_batch, threads=threads, options=options
+        )
+    return _onnxruntime(files, sample_shape, max_batch, threads, choice.providers, engines, fused)
+
+
+def _onnxruntime(
+    files: ModelFiles,
+    sample_shape: tuple[int, ...],
+    max_batch: int,
+    threads: int,
+    providers: Sequence[str],
+    engines: Path | None,
+    fused: bool,
+) -> Backend:
     from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(
@@ -127,8 +232,59 @@ def create(
         sample_shape,
         max_batch=max_batch,
         threads=threads,
-        providers=provider_options(choice.providers, engines),
+        providers=provider_options(tuple(providers), engines),
         fused=fused,
+    )
+
+
+# auto's verdicts per model file, OpenVINO settings and check strips: the copies of one load
+# (and a reload of the same models) check once.
+_VERDICTS: dict[tuple, Agreement] = {}
+_VERDICTS_LOCK = threading.Lock()
+
+
+def _checked_openvino(
+    files: ModelFiles,
+    sample_shape: tuple[int, ...],
+    max_batch: int,
+    threads: int,
+    options: OpenVinoOptions,
+    check: CheckStrips | None,
+    choice: Choice,
+) -> tuple[Backend | None, Choice]:
+    """OpenVINO's backend if the model agrees with FP32 ONNX Runtime on the check strips;
+    else no backend, and ONNX Runtime on the CPU with the reason."""
+    from edge.vision.backends.openvino import OpenVinoBackend
+
+    check = check or synthetic_check_strips()
+    stat = files.onnx_path.stat()
+    key = (str(files.onnx_path), stat.st_mtime_ns, files.spec, options.device,
+           options.precision, check.source, openvino.version())  # fmt: skip
+    cpu = ("CPUExecutionProvider",)
+    try:
+        candidate = OpenVinoBackend(
+            files, sample_shape, max_batch=max_batch, threads=threads, options=options
+        )
+    except BackendError as err:
+        return None, Choice("onnxruntime", cpu, f"OpenVINO cannot load the model ({err}); on CPU")
+    with _VERDICTS_LOCK:
+        verdict = _VERDICTS.get(key)
+        if verdict is None:
+            reference = _onnxruntime(files, sample_shape, max_batch, threads, cpu, None, True)
+            try:
+                verdict = check_fused(files.spec, reference, candidate, check.images)
+            finally:
+                reference.close()
+            _VERDICTS[key] = verdict
+    strips = f"{len(check.images)} {check.source} strips" if check.source == "synthetic" else (
+        f"{len(check.images)} strips from {check.source}"
+    )  # fmt: skip
+    said = f"OpenVINO {candidate.precision} vs ONNX Runtime FP32 on {strips}: {verdict}"
+    if verdict.ok:
+        return candidate, Choice("openvino", (), f"{choice.reason}; {said}", options.device)
+    candidate.close()
+    return None, Choice(
+        "onnxruntime", cpu, f"{choice.reason}; but it disagrees: {said}; on CPUExecutionProvider"
     )
 
 
