@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -119,6 +120,27 @@ def test_all_modes_write_every_documented_figure(tiny_repo: Path, tmp_path: Path
         assert key in machine
     assert machine["versions"]["onnxruntime"]
     assert set(report["targets"]) >= RATIOS
+
+
+@pytest.mark.slow
+def test_every_mode_runs_on_openvino(tiny_repo: Path, tmp_path: Path) -> None:
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install 'edge[openvino]')")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--backend", "openvino", "--openvino-precision", "f32", "--mode", "all"]
+    args += ["--models", str(tiny_repo), "--duration", "1", "--pool", "4", "--batch", "1,4"]
+    result = CliRunner().invoke(
+        app, [*args, "--workers", "2", "--threads", "1", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["machine"]["backend"]["backend"] == "openvino"
+    assert report["machine"]["backend"]["precision"] == "f32"
+    assert report["machine"]["versions"]["openvino"]
+    for mode in ("backend", "pipeline", "naive", "e2e"):
+        assert report[mode]["strips_per_s"] > 0, mode
+    assert report["e2e"]["accounting"]["unaccounted"] == 0
+    assert report["e2e"]["settings"]["backend"] == "openvino"
 
 
 def test_one_mode_leaves_the_others_null(tiny_repo: Path, tmp_path: Path) -> None:

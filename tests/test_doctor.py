@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from edge.cli.main import app
 from edge.tools.doctor import run_doctor
+from edge.vision.backends import openvino
 from edge.vision.backends.engines import EnvFacts
 from edge.vision.modelspec import load_repository
 from edge.vision.replicas import usable_cores
@@ -27,7 +29,11 @@ def test_doctor_reports_no_gpu_and_checks_every_model_in_fp16(tiny_repo: Path) -
     assert code == 0, text
     assert "GPU: none usable" in text
     assert "backend tensorrt: not available: the tensorrt package is not installed" in text
-    assert "backend auto: would use onnxruntime" in text
+    if openvino.version() is None:
+        assert "backend auto: would use onnxruntime" in text
+    else:  # the test extra installs it: auto would use it, model by model, once checked
+        assert "backend auto: would use openvino" in text
+        assert text.count("vs onnxruntime FP32 on 4 synthetic strips: OK") == 2
     cores = usable_cores()
     assert f"inference workers (workers = 0, threads = 0): {min(cores, 4)} x " in text
     assert "pip install 'edge[gpu]'" in text
@@ -74,3 +80,25 @@ def test_edge_doctor_command(tiny_repo: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "backend onnxruntime: available" in result.output
     assert "result: OK" in result.output
+
+
+def test_doctor_checks_each_model_on_openvino_against_onnxruntime(severstal: Path) -> None:
+    if openvino.version() is None:
+        pytest.skip("openvino is not installed (pip install 'edge[openvino]')")
+    args = ["doctor", "--check-images", str(severstal / "images"), "--openvino-precision", "f32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"openvino {openvino.version()}: device CPU:" in result.output
+    assert "backend openvino: available on CPU, precision f32" in result.output
+    for name in ("classifier", "segmenter"):
+        assert f"model {name}:1:" in result.output
+    said = [line for line in result.output.splitlines() if "OpenVINO CPU f32 vs onnx" in line]
+    assert len(said) == 2, result.output
+    assert all(f"on 8 strips from {severstal / 'images'}: OK" in line for line in said)
+    assert "mask IoU 1.0000" in said[1] or "mask IoU 0.999" in said[1], said[1]
+
+
+def test_doctor_names_a_bad_precision() -> None:
+    result = CliRunner().invoke(app, ["doctor", "--openvino-precision", "int4"])
+    assert result.exit_code == 2
+    assert "--openvino-precision must be one of auto, f32, bf16, f16; got 'int4'" in result.output

@@ -1,6 +1,7 @@
 """``edge eval`` and ``edge tune``: judge a model repository on labelled strips, pick thresholds.
 
-Both run the exported ONNX models with ONNX Runtime, exactly as the daemon does; no torch.
+Both run the exported ONNX models exactly as the daemon does, on ONNX Runtime or, with
+``--backend openvino``, on OpenVINO (thresholds tuned for the backend that serves them); no torch.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ TuneOut = Annotated[
         "leaving --models as it is (serve it with edge run --models).",
     ),
 ]
+EvalBackend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="onnxruntime | openvino: the backend to run the models on, as `edge run` will.",
+    ),
+]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--openvino-precision", help="OpenVINO's inference precision: f32 | bf16 | f16 | auto."
+    ),
+]
 Only = Annotated[
     Path | None, typer.Option("--only", help="File of image ids: use only these (e.g. a holdout).")
 ]
@@ -63,20 +77,30 @@ def _load(
     exclude: Path | None,
     synthetic: int = 0,
     synthetic_seed: int = SYNTHETIC_SEED,
+    backend: str = "onnxruntime",
+    precision: str = "auto",
 ) -> tuple[Cascade, list[LabelledStrip]]:
     from edge.daemon.config import shipped_models
     from edge.tools.training.labels import LabelsError, load_labelled
     from edge.tools.training.samples import synthetic_strips
     from edge.vision.backends.base import BackendError
+    from edge.vision.backends.openvino import PRECISIONS, OpenVinoOptions
     from edge.vision.modelspec import ModelConfigError
 
     models = shipped_models() if models is None else models
+    if backend not in ("onnxruntime", "openvino"):
+        raise fail(f"--backend must be onnxruntime or openvino; got {backend!r}")
+    if precision not in PRECISIONS:
+        raise fail(
+            f"--openvino-precision must be one of {', '.join(PRECISIONS)}; got {precision!r}"
+        )
     if (data is None) != (labels is None):
         raise fail("give both --data (image folder) and --labels (train.csv)")
     if data is None and not synthetic:
         raise fail("give --data (image folder) and --labels (train.csv), or --synthetic N")
     try:
-        cascade = Cascade.load(models, max_batch=8)
+        options = OpenVinoOptions(precision=precision)  # type: ignore[arg-type]
+        cascade = Cascade.load(models, backend, max_batch=8, openvino=options)  # type: ignore[arg-type]
         strips = []
         if data is not None and labels is not None:
             strips = load_labelled(
@@ -117,6 +141,8 @@ def eval_command(
     report: Annotated[
         Path | None, typer.Option("--report", help="Folder for report.json and PNG plots.")
     ] = None,
+    backend: EvalBackend = "onnxruntime",
+    openvino_precision: Precision = "auto",
 ) -> None:
     """Classifier ROC AUC / precision / recall / F1 and segmentation Dice, beside "predict nothing"."""
     from rich.console import Console
@@ -125,7 +151,16 @@ def eval_command(
     from edge.tools.training.evaluate import evaluate
 
     cascade, strips = _load(
-        models, data, labels, image_labels, only, exclude, synthetic, synthetic_seed
+        models,
+        data,
+        labels,
+        image_labels,
+        only,
+        exclude,
+        synthetic,
+        synthetic_seed,
+        backend,
+        openvino_precision,
     )
     with Progress("evaluating", len(strips), "images") as progress:
         result, outputs = evaluate(cascade, strips, progress.update)
@@ -206,6 +241,8 @@ def tune_command(
         Path | None, typer.Option(help="Write every sweep to this JSON file.")
     ] = None,
     out: TuneOut = None,
+    backend: EvalBackend = "onnxruntime",
+    openvino_precision: Precision = "auto",
 ) -> None:
     """Sweep gate, mask and min-area thresholds per class; write the best into config.toml.
 
@@ -228,7 +265,16 @@ def tune_command(
     if out is not None and out.resolve().is_relative_to(repository.resolve()):
         raise fail(f"--out {out} is inside --models {repository}; give a folder outside it")
     cascade, strips = _load(
-        repository, data, labels, image_labels, only, exclude, synthetic, synthetic_seed
+        repository,
+        data,
+        labels,
+        image_labels,
+        only,
+        exclude,
+        synthetic,
+        synthetic_seed,
+        backend,
+        openvino_precision,
     )
     with Progress("running the models", len(strips), "images") as progress:
         outputs = run_models(cascade, strips, progress.update)

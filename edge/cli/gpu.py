@@ -13,6 +13,7 @@ import typer
 
 from build_engine.cli import build_command
 from build_engine.models import ModelFacts, walk_models
+from edge.cli.common import fail
 from edge.logs import configure
 from edge.vision.backends.engines import model_facts
 from edge.vision.modelspec import (
@@ -67,10 +68,44 @@ def doctor(
         Path | None, typer.Option(help="TensorRT engine folder to check against the models.")
     ] = None,
     batch: Annotated[int, typer.Option(min=1, max=64, help="Tiles in the test batch.")] = 4,
+    check_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of recorded strips to compare the backends on (the first 8); "
+            "unset: synthetic strips."
+        ),
+    ] = None,
+    openvino_device: Annotated[
+        str, typer.Option(help="OpenVINO's device to check: CPU, GPU, GPU.1, NPU.")
+    ] = "CPU",
+    openvino_precision: Annotated[
+        str, typer.Option(help="OpenVINO's precision to check: f32 | bf16 | f16 | auto.")
+    ] = "auto",
 ) -> None:
     """Check this machine: backends, GPU, versions, and each model/engine against ONNX Runtime."""
     from edge.daemon.config import shipped_models
     from edge.tools.doctor import run_doctor
+    from edge.vision.backends.auto import read_check_strips
+    from edge.vision.backends.base import BackendError
+    from edge.vision.backends.openvino import PRECISIONS, OpenVinoOptions
 
+    if openvino_precision not in PRECISIONS:
+        raise fail(
+            f"--openvino-precision must be one of {', '.join(PRECISIONS)}; "
+            f"got {openvino_precision!r}"
+        )
     configure("console" if sys.stderr.isatty() else "json", "warning")
-    raise typer.Exit(run_doctor(models or shipped_models(), engines, batch=batch, echo=typer.echo))
+    try:
+        check = read_check_strips(check_images) if check_images is not None else None
+    except (BackendError, OSError) as err:
+        raise fail(str(err)) from None
+    options = OpenVinoOptions(device=openvino_device, precision=openvino_precision)  # type: ignore[arg-type]
+    code = run_doctor(
+        models or shipped_models(),
+        engines,
+        batch=batch,
+        echo=typer.echo,
+        check=check,
+        options=options,
+    )
+    raise typer.Exit(code)

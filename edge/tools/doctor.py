@@ -2,8 +2,10 @@
 FP32 ONNX model computes.
 
 On a CPU machine it says so plainly, still runs every model in ONNX Runtime, and checks the FP16
-ONNX (what TensorRT 11 builds from) against FP32 on the CPU. With a GPU it also runs one batch
-through each TensorRT engine and compares it with ONNX Runtime.
+ONNX (what TensorRT 11 builds from) against FP32 on the CPU. Where openvino is installed it runs
+every model on OpenVINO's device and precision and compares it with FP32 ONNX Runtime on the
+check strips, as ``--backend auto`` does before it serves a model on OpenVINO. With a GPU it
+also runs one batch through each TensorRT engine and compares it with ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -12,28 +14,22 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
 from build_engine.machine import INSTALL_HINT, EnvFacts, detect_facts
 from edge import __version__
-from edge.vision.backends import auto
-from edge.vision.backends.agreement import compare, make_batch
+from edge.vision.backends import agreement, auto, openvino
+from edge.vision.backends.agreement import check_fused, compare, make_batch
 from edge.vision.backends.base import BackendError
 from edge.vision.backends.engines import EngineError, locate, scan
+from edge.vision.backends.openvino import OpenVinoOptions
 from edge.vision.modelspec import ModelConfigError, ModelFiles, load_repository
 from edge.vision.preprocess import InputAdapter
 from edge.vision.replicas import on_gpu, plan_workers, usable_cores
-from edge.vision.synthetic import strip_stream
 
 Echo = Callable[[str], None]
-
-
-def sample_images(count: int = 4, seed: int = 7) -> list[np.ndarray]:
-    """Synthetic strips, all defective, so masks have something to agree on."""
-    return [s.image for s in islice(strip_stream(seed, defect_rate=1.0), count)]
 
 
 def run_doctor(
@@ -43,20 +39,29 @@ def run_doctor(
     batch: int = 4,
     echo: Echo = print,
     facts: EnvFacts | None = None,
-    images: list[np.ndarray] | None = None,
+    check: auto.CheckStrips | None = None,
+    options: OpenVinoOptions | None = None,
 ) -> int:
-    """Print the report; 0 when every check that could run passed, 1 otherwise."""
+    """Print the report; 0 when every check that could run passed, 1 otherwise.
+
+    ``check``: the strips the models are compared on (default: synthetic ones, every one
+    defective); ``options``: OpenVINO's device and precision, as the daemon's config has them.
+    """
     facts = facts if facts is not None else detect_facts()
+    options = options or OpenVinoOptions()
     failures: list[str] = []
-    _report_machine(facts, engines, echo)
+    _report_machine(facts, engines, options, echo)
     try:
         repository = load_repository(models)
     except ModelConfigError as err:
         echo(f"models: FAIL {err}")
         return 1
-    images = images if images is not None else sample_images()
+    check = check or auto.synthetic_check_strips()
+    images = list(check.images)
     for files in repository.values():
         failures += _check_model(files, images, batch, engines, facts, echo)
+        if openvino.version() is not None:
+            failures += _check_openvino(files, check, options, echo)
     if engines is not None:
         known = {f.spec.name for f in repository.values()}
         for entry in scan(engines):
@@ -74,7 +79,9 @@ def _why_no_trt(facts: EnvFacts) -> str:
     return "; ".join(facts.problems) or "unknown"
 
 
-def _report_machine(facts: EnvFacts, engines: Path | None, echo: Echo) -> None:
+def _report_machine(
+    facts: EnvFacts, engines: Path | None, options: OpenVinoOptions, echo: Echo
+) -> None:
     import onnxruntime as ort
 
     echo(
@@ -100,13 +107,63 @@ def _report_machine(facts: EnvFacts, engines: Path | None, echo: Echo) -> None:
         echo(f"backend tensorrt: available (TensorRT {facts.tensorrt_version} on {facts.gpu_name})")
     else:
         echo(f"backend tensorrt: not available: {_why_no_trt(facts)}")
-    choice = auto.choose("auto", engines=engines, facts=facts)
+    _report_openvino(options, echo)
+    choice = auto.choose("auto", engines=engines, facts=facts, options=options)
     echo(f"backend auto: would use {choice.backend}: {choice.reason}")
     plan = plan_workers(0, 0, cores=usable_cores(), gpu=on_gpu(choice))
     echo(
         f"inference workers (workers = 0, threads = 0): {plan.workers} x "
         f"{plan.threads or 'default'} thread(s); {plan.reason}"
     )
+
+
+def _report_openvino(options: OpenVinoOptions, echo: Echo) -> None:
+    version = openvino.version()
+    if version is None:
+        echo(f"backend openvino: not available: not installed ({openvino.INSTALL_HINT})")
+        return
+    core = openvino.core()
+    for device in openvino.devices():
+        name = core.get_property(device, "FULL_DEVICE_NAME")
+        capabilities = ", ".join(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        echo(f"openvino {version}: device {device}: {name} ({capabilities})")
+    echo(
+        f"backend openvino: available on {options.device}, precision {options.precision}"
+        + (
+            " (classifiers f32, segmenters the device's default)"
+            if options.precision == "auto"
+            else ""
+        )
+    )
+
+
+def _check_openvino(
+    files: ModelFiles, check: auto.CheckStrips, options: OpenVinoOptions, echo: Echo
+) -> list[str]:
+    """The model on OpenVINO against FP32 ONNX Runtime, both fused, on the check strips."""
+    from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
+    from edge.vision.backends.openvino import OpenVinoBackend
+
+    shape = InputAdapter(files.spec).sample_shape()
+    try:
+        candidate = OpenVinoBackend(files, shape, max_batch=8, options=options)
+        reference = OnnxRuntimeBackend(files, shape, max_batch=8, threads=0, fused=True)
+        started = time.perf_counter()
+        verdict = check_fused(
+            files.spec, reference, candidate, check.images, agreement.OPENVINO_MASK_IOU_MIN
+        )
+        took = time.perf_counter() - started
+    except BackendError as err:
+        echo(f"  OpenVINO: FAIL {err}")
+        return [f"{files.spec.name}: OpenVINO does not run"]
+    where = f"{options.device} {candidate.precision}"
+    candidate.close()
+    reference.close()
+    echo(
+        f"  OpenVINO {where} vs onnxruntime FP32 on {check}: "
+        f"{'OK' if verdict.ok else 'FAIL'} {verdict} ({took:.1f} s for both)"
+    )
+    return [] if verdict.ok else [f"{files.spec.name}: OpenVINO {where} disagrees ({verdict})"]
 
 
 def _check_model(

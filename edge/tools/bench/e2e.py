@@ -165,9 +165,20 @@ def _drain(subscriber: Agent, snapshot: Path, step: Step) -> None:
         time.sleep(0.2)
 
 
+def _openvino_settings(settings: E2ESettings) -> dict[str, str]:
+    if settings.backend not in ("openvino", "auto"):
+        return {}
+    return {
+        "openvino_device": settings.openvino_device,
+        "openvino_precision": settings.openvino_precision,
+    }
+
+
 def _settings_section(settings: E2ESettings) -> dict[str, Any]:
     """What the run was told, as the report's e2e ``settings`` says it."""
     return {
+        "backend": settings.backend,
+        **_openvino_settings(settings),
         "cameras": settings.cameras,
         "max_batch": settings.max_batch,
         "max_wait_ms": settings.max_wait_ms,

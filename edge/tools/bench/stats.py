@@ -161,6 +161,7 @@ def machine_info() -> dict[str, Any]:
                 "pyzmq",
                 "msgpack",
                 "tensorrt",
+                "openvino",
             )
         },
     }

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from edge.vision.backends import openvino
+from edge.vision.backends import agreement, openvino
 from edge.vision.backends.agreement import Agreement, check_fused
 from edge.vision.backends.base import Backend, BackendError
 from edge.vision.backends.engines import INSTALL_HINT, EnvFacts, detect_facts
@@ -65,6 +65,11 @@ class CheckStrips:
 
     source: str  # "synthetic", or the folder of recorded strips (check_images)
     images: tuple[np.ndarray, ...]
+
+    def __str__(self) -> str:
+        if self.source == "synthetic":
+            return f"{len(self.images)} synthetic strips"
+        return f"{len(self.images)} strips from {self.source}"
 
 
 def synthetic_check_strips(count: int = 4, seed: int = 7) -> CheckStrips:
@@ -272,14 +277,12 @@ def _checked_openvino(
         if verdict is None:
             reference = _onnxruntime(files, sample_shape, max_batch, threads, cpu, None, True)
             try:
-                verdict = check_fused(files.spec, reference, candidate, check.images)
+                bar = agreement.OPENVINO_MASK_IOU_MIN
+                verdict = check_fused(files.spec, reference, candidate, check.images, bar)
             finally:
                 reference.close()
             _VERDICTS[key] = verdict
-    strips = f"{len(check.images)} {check.source} strips" if check.source == "synthetic" else (
-        f"{len(check.images)} strips from {check.source}"
-    )  # fmt: skip
-    said = f"OpenVINO {candidate.precision} vs ONNX Runtime FP32 on {strips}: {verdict}"
+    said = f"OpenVINO {candidate.precision} vs ONNX Runtime FP32 on {check}: {verdict}"
     if verdict.ok:
         return candidate, Choice("openvino", (), f"{choice.reason}; {said}", options.device)
     candidate.close()

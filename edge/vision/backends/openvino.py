@@ -5,12 +5,6 @@ serves): uint8 pixels in, probabilities out. On a CPU the precision hint is what
 bf16 runs the convolutions on AMX, which ONNX Runtime's CPU provider leaves unused
 (docs/performance.md has the numbers); ``auto`` takes OpenVINO's default for the device.
 
-``auto`` precision: f32 for a classifier, the device's default for a segmenter. The classifier's
-scores gate the segmenter per tile, so bf16's score noise near a gate adds or removes a whole
-tile's masks (on the 148 real strips: class 4 masks IoU 0.969 against FP32 with a bf16
-classifier, 0.990 with an f32 one); the classifier is the cheap model, the segmenter the one
-bf16 speeds up.
-
 One compiled model per model and settings is shared by every worker of a process, compiled
 with one stream per worker: OpenVINO places each stream's threads on their own cores, whereas
 separately compiled one-thread models all land on the same core (measured: half the tiles/s).
@@ -19,7 +13,6 @@ Each backend owns its infer request, so each inference thread still owns its bac
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
 import weakref
@@ -172,7 +165,7 @@ def _compile(files: ModelFiles, source: bytes, options: OpenVinoOptions, threads
             f"OpenVINO has no device {device!r} here (openvino_device in the config); "
             f"it has {available}"
         )
-    config = _compile_config(ov_core, device, _precision_for(files, options), threads)
+    config = _compile_config(ov_core, device, options, threads)
     try:
         model = ov_core.read_model(source, b"")
         compiled = ov_core.compile_model(model, device, config)
@@ -189,14 +182,6 @@ def _compile(files: ModelFiles, source: bytes, options: OpenVinoOptions, threads
     with _COMPILE_LOCK:
         _COMPILED[key] = shared
     return shared
-
-
-def _precision_for(files: ModelFiles, options: OpenVinoOptions) -> OpenVinoOptions:
-    """``auto`` keeps a classifier in f32 on a CPU (see the module's docstring)."""
-    cpu = options.device.upper().startswith("CPU")
-    if options.precision == "auto" and files.spec.role == "classifier" and cpu:
-        return dataclasses.replace(options, precision="f32")
-    return options
 
 
 def _compile_config(core: Any, device: str, options: OpenVinoOptions, threads: int) -> dict:
