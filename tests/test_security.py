@@ -277,6 +277,17 @@ def events_of(sock: zmq.Socket, seconds: float) -> list[dict[str, Any]]:
     return got
 
 
+def status_since(sock: zmq.Socket, uptime_s: float, timeout_s: float = 10.0) -> bool:
+    """Drain ``sock`` until a status the daemon sent after ``uptime_s`` arrives."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        if sock.poll(int(left * 1000) + 1):
+            topic, body = parse_event(sock.recv_multipart())
+            if topic.startswith("status/") and body["uptime_s"] > uptime_s:
+                return True
+    return False
+
+
 def test_a_revoked_subscriber_and_camera_are_cut_off_at_reload(
     curve_daemon: Server, keys: Keys, context: zmq.Context
 ) -> None:
@@ -302,8 +313,13 @@ def test_a_revoked_subscriber_and_camera_are_cut_off_at_reload(
     (keys.authorized / "latecomer.key").unlink()
     (keys.authorized / "intruder.key").unlink()
     assert curve_daemon.reload()
+    reloaded_at = time.monotonic() - curve_daemon._started_at  # on the status' uptime_s clock
     assert cam.poll(10000), "the authorized camera was not subscribed to again"
     cam.recv()
+    # The reload replaced the publishing socket too: the dashboard reconnects and authenticates
+    # again, and a status sent after the reload proves it has, before the frames whose events
+    # it must see (one the old socket sent may still be queued).
+    assert status_since(dashboard, reloaded_at), "the authorized subscriber never reconnected"
     for seq in range(5):
         cam.send_multipart(frame_parts("cam1", seq, gray_strip()))
         rogue.send_multipart(frame_parts("intruder", seq + 1, gray_strip()))
