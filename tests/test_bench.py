@@ -22,7 +22,10 @@ RATIOS = {
     "host_clean_cpu_ms",
     "host_defective_cpu_ms",
     "e2e_null_strips_per_s",
+    "agreement_min_class_iou",
+    "agreement_same_verdict_share",
 }
+AGREEMENT = {"agreement_min_class_iou", "agreement_same_verdict_share"}
 LATENCY = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
 SECTION = ("strips_per_s", "tiles_per_s", "latency", "batch_size_histogram", "drops", "settings")
 
@@ -72,7 +75,13 @@ def test_all_modes_write_every_documented_figure(tiny_repo: Path, tmp_path: Path
     report = json.loads(out.read_text())
 
     assert set(report["ratios"]) == RATIOS
-    assert all(number(v) for v in report["ratios"].values()), report["ratios"]
+    measured = {k: v for k, v in report["ratios"].items() if k not in AGREEMENT}
+    assert all(number(v) for v in measured.values()), report["ratios"]
+    # ONNX Runtime is the agreement mode's reference: nothing to compare it with.
+    assert report["agreement"] == {
+        "skipped": "the bench's backend is onnxruntime, the reference itself"
+    }
+    assert all(report["ratios"][k] is None for k in AGREEMENT)
     # With a file, the summary is the tables and the file: no bare JSON line besides.
     assert '{"ratios"' not in result.stdout
 
@@ -141,6 +150,12 @@ def test_every_mode_runs_on_openvino(tiny_repo: Path, tmp_path: Path) -> None:
         assert report[mode]["strips_per_s"] > 0, mode
     assert report["e2e"]["accounting"]["unaccounted"] == 0
     assert report["e2e"]["settings"]["backend"] == "openvino"
+    agreement = report["agreement"]
+    assert agreement["strips"] == 4 and agreement["candidate"]["segmenter"]["backend"] == "openvino"
+    # f32 on the tiny exact models: the same defects as ONNX Runtime, strip for strip
+    assert agreement["same_verdict_share"] == 1.0
+    assert report["ratios"]["agreement_min_class_iou"] >= 0.99
+    assert sum(c["either_px"] for c in agreement["per_class"].values()) > 0
 
 
 def test_one_mode_leaves_the_others_null(tiny_repo: Path, tmp_path: Path) -> None:

@@ -38,8 +38,9 @@ def bench(
     mode: Annotated[
         str,
         typer.Option(
-            help="backend | pipeline | naive | e2e | host | all, or a comma-separated list "
-            "(host: the daemon's own CPU per strip, on null models with the pair's I/O)."
+            help="backend | pipeline | naive | e2e | host | agreement | all, or a "
+            "comma-separated list (host: the daemon's own CPU per strip, on null models with "
+            "the pair's I/O; agreement: the defects against FP32 ONNX Runtime's)."
         ),
     ] = "all",
     duration: Annotated[

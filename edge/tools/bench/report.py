@@ -90,6 +90,10 @@ def render(report: dict[str, Any], console: Console) -> None:
     if host:
         _host_table(host, console)
 
+    agreement = report.get("agreement")
+    if agreement and "per_class" in agreement:
+        _agreement_table(agreement, console)
+
     ratios = Table(title="ratios", title_justify="left")
     for column in ("ratio", "value", "target", "met"):
         ratios.add_column(column, justify="left" if column == "ratio" else "right")
@@ -106,6 +110,26 @@ def render(report: dict[str, Any], console: Console) -> None:
             + ", ".join(f"{m}: {v:.0f}%" for m, v in busy.items())
             + " of all cores; figures are lower than on an idle machine[/]"
         )
+
+
+def _agreement_table(agreement: dict[str, Any], console: Console) -> None:
+    table = Table(
+        title=f"agreement with FP32 ONNX Runtime on {agreement['strips']} strips "
+        f"(same verdict: {agreement['same_verdict']})",
+        title_justify="left",
+    )
+    for column in ("class", "masks IoU", "shared px", "either px"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, figures in agreement["per_class"].items():
+        table.add_row(
+            name, _num(figures["iou"], 4), _num(figures["shared_px"]), _num(figures["either_px"])
+        )
+    console.print(table)
+    pairs = agreement["pairs_at_iou"]
+    console.print(
+        f"strip and class pairs with IoU >= {pairs['iou']}: {pairs['count']} of "
+        f"{agreement['strip_class_pairs']}"
+    )
 
 
 def _host_table(host: dict[str, Any], console: Console) -> None:

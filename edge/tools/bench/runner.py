@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from edge.daemon import inference
 from edge.tools.bench import inproc
+from edge.tools.bench.agreement import agreement_section
 from edge.tools.bench.e2e import E2ESettings, run_e2e, step_seconds
 from edge.tools.bench.host import HostSettings, run_host
 from edge.tools.bench.report import render
@@ -31,7 +32,7 @@ from edge.vision.replicas import WorkerPlan, load_replicas, plan_workers, runs_o
 
 __all__ = ["MODES", "BenchSettings", "run_bench", "worker_plan", "write_json"]
 
-MODES: Final = ("backend", "pipeline", "naive", "e2e", "host")
+MODES: Final = ("backend", "pipeline", "naive", "e2e", "host", "agreement")
 FORMAT_VERSION: Final = 2
 DAEMON_MAX_BATCH: Final = 32  # edge.daemon.config.Config.max_batch
 BACKEND_BETWEEN_STEPS_S: Final = 1.0  # bare-model sampling after each e2e step
@@ -252,6 +253,11 @@ def run_bench(settings: BenchSettings, console: Console | None = None) -> dict[s
             cascade = _load(settings, max_batch, plan.threads)
             loaded.append(cascade)
             report["machine"]["backend"] = cascade.classifier.backend.describe()
+            if "agreement" in settings.modes:
+                progress.start_task(tasks["agreement"])
+                sections["agreement"] = agreement_section(
+                    settings.models, settings.backend, cascade, pool, loaded, tick("agreement")
+                )
             tiles_per_strip = inference.tiles_per_strip(cascade)
             # One classifier pass over the pool: the events carry no tile counts, so the share
             # of tiles passing the gate (the pool's, with these models) comes from here.

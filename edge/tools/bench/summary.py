@@ -19,6 +19,10 @@ TARGETS: Final = {
     "host_clean_cpu_ms": ("<=", 0.4),
     "host_defective_cpu_ms": ("<=", 5.0),
     "e2e_null_strips_per_s": (">=", 1500.0),
+    # agreement (a backend other than ONNX Runtime): per class masks IoU against FP32 ONNX
+    # Runtime over every strip, and the share of strips with the same defective/clean verdict.
+    "agreement_min_class_iou": (">=", 0.98),
+    "agreement_same_verdict_share": (">=", 0.99),
 }
 
 
@@ -44,6 +48,8 @@ def ratios(sections: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "host_clean_cpu_ms": (host.get("clean") or {}).get("cpu_ms_per_strip"),
         "host_defective_cpu_ms": (host.get("defective") or {}).get("cpu_ms_per_strip"),
         "e2e_null_strips_per_s": (host.get("e2e_null") or {}).get("strips_per_s"),
+        "agreement_min_class_iou": sections.get("agreement", {}).get("min_class_iou"),
+        "agreement_same_verdict_share": sections.get("agreement", {}).get("same_verdict_share"),
     }
 
 
