@@ -129,11 +129,7 @@ def _report_openvino(options: OpenVinoOptions, echo: Echo) -> None:
         echo(f"openvino {version}: device {device}: {name} ({capabilities})")
     echo(
         f"backend openvino: available on {options.device}, precision {options.precision}"
-        + (
-            " (classifiers f32, segmenters the device's default)"
-            if options.precision == "auto"
-            else ""
-        )
+        + (" (the device's default)" if options.precision == "auto" else "")
     )
 
 

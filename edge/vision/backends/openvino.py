@@ -85,7 +85,11 @@ def core() -> Any:
     global _CORE
     with _COMPILE_LOCK:
         if _CORE is None:
-            _CORE = import_openvino().Core()
+            module = import_openvino()
+            try:
+                _CORE = module.Core()
+            except Exception as exc:  # its plugins failed to load: a broken install
+                raise BackendError(f"OpenVINO {version()} cannot start: {exc}") from None
         return _CORE
 
 
