@@ -14,6 +14,7 @@ from edge.vision.backends.engines import EnvFacts
 from edge.vision.modelspec import load_repository
 from edge.vision.replicas import usable_cores
 from tests.engine_fixtures import fake_engine
+from tests.test_cli_consistency import flat
 
 CPU = EnvFacts(None, None, None, problems=("the tensorrt package is not installed",))
 
@@ -101,4 +102,5 @@ def test_doctor_checks_each_model_on_openvino_against_onnxruntime(severstal: Pat
 def test_doctor_names_a_bad_precision() -> None:
     result = CliRunner().invoke(app, ["doctor", "--openvino-precision", "int4"])
     assert result.exit_code == 2
-    assert "--openvino-precision must be one of auto, f32, bf16, f16; got 'int4'" in result.output
+    said = flat(result.output)
+    assert "'--openvino-precision': must be one of auto, f32, bf16, f16; got 'int4'" in said

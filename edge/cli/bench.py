@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edge.cli.common import fail
+from edge.cli.common import OpenVinoDevice, OpenVinoPrecision, fail
 from edge.logs import configure
 
 
@@ -17,12 +17,8 @@ def bench(
     backend: Annotated[
         str, typer.Option(help="onnxruntime | openvino | tensorrt | auto")
     ] = "onnxruntime",
-    openvino_device: Annotated[
-        str, typer.Option(help="OpenVINO's device: CPU, GPU, GPU.1, NPU.")
-    ] = "CPU",
-    openvino_precision: Annotated[
-        str, typer.Option(help="OpenVINO's inference precision: f32 | bf16 | f16 | auto.")
-    ] = "auto",
+    openvino_device: OpenVinoDevice = "CPU",
+    openvino_precision: OpenVinoPrecision = "auto",
     models: Annotated[
         Path | None, typer.Option(help="Model repository. (default: the shipped reference models)")
     ] = None,
@@ -93,16 +89,10 @@ def bench(
     from edge.tools.bench.e2e import E2EError
     from edge.vision.backends.auto import BACKENDS
     from edge.vision.backends.base import BackendError
-    from edge.vision.backends.openvino import PRECISIONS
     from edge.vision.modelspec import ModelConfigError
 
     if backend not in BACKENDS:
         raise fail(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    if openvino_precision not in PRECISIONS:
-        raise fail(
-            f"--openvino-precision must be one of {', '.join(PRECISIONS)}; "
-            f"got {openvino_precision!r}"
-        )
     try:
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:

@@ -1,4 +1,5 @@
-"""What every CLI module shares: the error exit, endpoint checks, the repeated --source option."""
+"""What every CLI module shares: the error exit, endpoint checks, the repeated --source option,
+OpenVINO's device and precision options."""
 
 from __future__ import annotations
 
@@ -45,6 +46,27 @@ Sources = Annotated[
         "-s",
         help="Endpoint to CONNECT to; repeat for several.",
         callback=connect_endpoints,
+    ),
+]
+
+
+def _openvino_precision(value: str) -> str:
+    from edge.vision.backends.openvino import PRECISIONS
+
+    if value not in PRECISIONS:
+        raise typer.BadParameter(f"must be one of {', '.join(PRECISIONS)}; got {value!r}")
+    return value
+
+
+OpenVinoDevice = Annotated[
+    str, typer.Option("--openvino-device", help="OpenVINO's device: CPU, GPU, GPU.1, NPU.")
+]
+OpenVinoPrecision = Annotated[
+    str,
+    typer.Option(
+        "--openvino-precision",
+        help="OpenVINO's inference precision: f32 | bf16 | f16 | auto (the device's default).",
+        callback=_openvino_precision,
     ),
 ]
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edge.cli.common import fail
+from edge.cli.common import OpenVinoPrecision, fail
 from edge.cli.progress import Progress
 from edge.cli.train import Data, ImageLabels, Labels, dumps, read_holdout
 from edge.tools.training.labels import NUM_CLASSES, LabelledStrip
@@ -56,12 +56,6 @@ EvalBackend = Annotated[
         help="onnxruntime | openvino: the backend to run the models on, as `edge run` will.",
     ),
 ]
-Precision = Annotated[
-    str,
-    typer.Option(
-        "--openvino-precision", help="OpenVINO's inference precision: f32 | bf16 | f16 | auto."
-    ),
-]
 Only = Annotated[
     Path | None, typer.Option("--only", help="File of image ids: use only these (e.g. a holdout).")
 ]
@@ -84,16 +78,12 @@ def _load(
     from edge.tools.training.labels import LabelsError, load_labelled
     from edge.tools.training.samples import synthetic_strips
     from edge.vision.backends.base import BackendError
-    from edge.vision.backends.openvino import PRECISIONS, OpenVinoOptions
+    from edge.vision.backends.openvino import OpenVinoOptions
     from edge.vision.modelspec import ModelConfigError
 
     models = shipped_models() if models is None else models
     if backend not in ("onnxruntime", "openvino"):
         raise fail(f"--backend must be onnxruntime or openvino; got {backend!r}")
-    if precision not in PRECISIONS:
-        raise fail(
-            f"--openvino-precision must be one of {', '.join(PRECISIONS)}; got {precision!r}"
-        )
     if (data is None) != (labels is None):
         raise fail("give both --data (image folder) and --labels (train.csv)")
     if data is None and not synthetic:
@@ -142,7 +132,7 @@ def eval_command(
         Path | None, typer.Option("--report", help="Folder for report.json and PNG plots.")
     ] = None,
     backend: EvalBackend = "onnxruntime",
-    openvino_precision: Precision = "auto",
+    openvino_precision: OpenVinoPrecision = "auto",
 ) -> None:
     """Classifier ROC AUC / precision / recall / F1 and segmentation Dice, beside "predict nothing"."""
     from rich.console import Console
@@ -242,7 +232,7 @@ def tune_command(
     ] = None,
     out: TuneOut = None,
     backend: EvalBackend = "onnxruntime",
-    openvino_precision: Precision = "auto",
+    openvino_precision: OpenVinoPrecision = "auto",
 ) -> None:
     """Sweep gate, mask and min-area thresholds per class; write the best into config.toml.
 

@@ -13,7 +13,7 @@ import typer
 
 from build_engine.cli import build_command
 from build_engine.models import ModelFacts, walk_models
-from edge.cli.common import fail
+from edge.cli.common import OpenVinoDevice, OpenVinoPrecision, fail
 from edge.logs import configure
 from edge.vision.backends.engines import model_facts
 from edge.vision.modelspec import (
@@ -75,25 +75,16 @@ def doctor(
             "unset: synthetic strips."
         ),
     ] = None,
-    openvino_device: Annotated[
-        str, typer.Option(help="OpenVINO's device to check: CPU, GPU, GPU.1, NPU.")
-    ] = "CPU",
-    openvino_precision: Annotated[
-        str, typer.Option(help="OpenVINO's precision to check: f32 | bf16 | f16 | auto.")
-    ] = "auto",
+    openvino_device: OpenVinoDevice = "CPU",
+    openvino_precision: OpenVinoPrecision = "auto",
 ) -> None:
     """Check this machine: backends, GPU, versions, and each model/engine against ONNX Runtime."""
     from edge.daemon.config import shipped_models
     from edge.tools.doctor import run_doctor
     from edge.vision.backends.auto import read_check_strips
     from edge.vision.backends.base import BackendError
-    from edge.vision.backends.openvino import PRECISIONS, OpenVinoOptions
+    from edge.vision.backends.openvino import OpenVinoOptions
 
-    if openvino_precision not in PRECISIONS:
-        raise fail(
-            f"--openvino-precision must be one of {', '.join(PRECISIONS)}; "
-            f"got {openvino_precision!r}"
-        )
     configure("console" if sys.stderr.isatty() else "json", "warning")
     try:
         check = read_check_strips(check_images) if check_images is not None else None

@@ -50,3 +50,17 @@ def check_input_shape(
             f"feed.height={spec.feed.height}, feed.width={spec.feed.width}) implies "
             f"[N, {', '.join(map(str, expected))}]"
         )
+
+
+def fixed_batch(dim: int | str | None) -> int | None:
+    """A model's batch dim if fixed (it then runs with exactly that batch), else None."""
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def padded(batch: np.ndarray, fixed: int | None) -> np.ndarray:
+    """``batch`` zero-padded to a fixed batch size (the caller keeps only its own rows)."""
+    if fixed is None or batch.shape[0] == fixed:
+        return batch
+    out = np.zeros((fixed, *batch.shape[1:]), batch.dtype)
+    out[: batch.shape[0]] = batch
+    return out

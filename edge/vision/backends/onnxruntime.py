@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edge.vision.backends.base import BackendError, check_input_shape
+from edge.vision.backends.base import BackendError, check_input_shape, fixed_batch, padded
 from edge.vision.backends.modelio import ORT_TYPES, check_input_type, fused_model, pick
 from edge.vision.modelspec import ModelFiles
 
@@ -72,20 +72,13 @@ class OnnxRuntimeBackend:
             else pick(self.session.get_outputs(), files.spec.output.name, "output", files)
         )
         check_input_shape(files, model_input.name, list(model_input.shape), sample_shape)
-        batch_dim = model_input.shape[0]
-        if isinstance(batch_dim, int) and batch_dim > 0:
-            # A model exported with a fixed batch runs with exactly that batch.
-            self.max_batch = min(self.max_batch, batch_dim)
-            self.fixed_batch: int | None = batch_dim
-        else:
-            self.fixed_batch = None
+        self.fixed_batch = fixed_batch(model_input.shape[0])
+        if self.fixed_batch is not None:
+            self.max_batch = min(self.max_batch, self.fixed_batch)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         n = batch.shape[0]
-        if self.fixed_batch is not None and n != self.fixed_batch:
-            padded = np.zeros((self.fixed_batch, *batch.shape[1:]), batch.dtype)
-            padded[:n] = batch
-            batch = padded
+        batch = padded(batch, self.fixed_batch)
         (out,) = self.session.run([self.output.name], {self.input.name: batch})
         return out[:n]
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge.vision.backends.base import BackendError
+from edge.vision.backends.base import BackendError, fixed_batch, padded
 from edge.vision.backends.modelio import fused_model
 from edge.vision.modelspec import ModelFiles
 
@@ -115,9 +115,7 @@ class OpenVinoBackend:
         self.max_batch = max_batch
         self.input_dtype = np.dtype(np.uint8)
         source, (model_input, _) = fused_model(files, sample_shape)
-        batch_dim = model_input.shape[0]
-        # A model exported with a fixed batch runs with exactly that batch.
-        self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        self.fixed_batch = fixed_batch(model_input.shape[0])
         if self.fixed_batch is not None:
             self.max_batch = min(self.max_batch, self.fixed_batch)
         self._compiled = _compile(files, source, self.options, threads)
@@ -126,10 +124,7 @@ class OpenVinoBackend:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         n = batch.shape[0]
-        if self.fixed_batch is not None and n != self.fixed_batch:
-            padded = np.zeros((self.fixed_batch, *batch.shape[1:]), batch.dtype)
-            padded[:n] = batch
-            batch = padded
+        batch = padded(batch, self.fixed_batch)
         # share_inputs: OpenVINO reads the batch buffer in place; the outputs are copied out of
         # the request's own tensors, which the next call overwrites.
         out = self._request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)
