@@ -338,3 +338,13 @@ def write_model_dir(
         (model_dir / "config.toml").write_text(to_toml(model.config))
     (model_dir / str(version) / "model.onnx").write_bytes(onnx_bytes)
     return model_dir
+
+
+# Every form above, for tests that run each one through a backend: the docs' promise.
+PLANT_FORMS: list[Callable[[], PlantModel]] = [
+    keras_resnet50_binary,  # NHWC, caffe (BGR, per-channel mean), sigmoid
+    pytorch_resnet18_softmax,  # softmax with a background logit, imagenet
+    resnet50_multilabel,  # 3 classes, per-class gates
+    efficientnet_binary_512,  # 512 px tiles
+    keras_resnet50_unet,  # NHWC segmenter, resize feed
+]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -28,15 +27,7 @@ from edge.vision.cascade import Stage
 from edge.vision.modelspec import ModelFiles, load_repository, resolve_model_dir
 from edge.vision.preprocess import InputAdapter
 from edge.vision.replicas import WorkerPlan, load_replicas
-from tests.plant_models import (
-    PlantModel,
-    efficientnet_binary_512,
-    keras_resnet50_binary,
-    keras_resnet50_unet,
-    pytorch_resnet18_softmax,
-    resnet50_multilabel,
-    write_model_dir,
-)
+from tests.plant_models import PLANT_FORMS, write_model_dir
 from tests.test_real_samples import direct_masks
 from tests.test_server import frame_parts, per_frame
 
@@ -46,13 +37,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 F32 = OpenVinoOptions(precision="f32")
-PLANT: list[Callable[[], PlantModel]] = [
-    keras_resnet50_binary,  # NHWC, caffe (BGR, per-channel mean), sigmoid
-    pytorch_resnet18_softmax,  # softmax with a background logit, imagenet
-    resnet50_multilabel,  # 3 classes, per-class gates
-    efficientnet_binary_512,  # 512 px tiles
-    keras_resnet50_unet,  # NHWC segmenter, resize feed
-]
 
 
 def has_bf16() -> bool:
@@ -93,7 +77,7 @@ def assert_like_onnxruntime(files: ModelFiles, seed: int) -> None:
     candidate.backend.close()
 
 
-@pytest.mark.parametrize("make", PLANT, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("make", PLANT_FORMS, ids=lambda f: f.__name__)
 def test_every_plant_model_form_gives_onnxruntimes_outputs(make, tmp_path: Path) -> None:
     assert_like_onnxruntime(resolve_model_dir(write_model_dir(tmp_path, make())), seed=1)
 

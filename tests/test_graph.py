@@ -7,7 +7,6 @@ checked for shapes, dtypes and values on a machine without a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +20,7 @@ from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
 from edge.vision.cascade import Stage
 from edge.vision.modelspec import ModelFiles, load_repository, resolve_model_dir
 from edge.vision.preprocess import InputAdapter, graph_io
-from tests.plant_models import (
-    PlantModel,
-    efficientnet_binary_512,
-    keras_resnet50_binary,
-    keras_resnet50_unet,
-    pytorch_resnet18_softmax,
-    resnet50_multilabel,
-    write_model_dir,
-)
-
-PLANT: list[Callable[[], PlantModel]] = [
-    keras_resnet50_binary,  # NHWC, caffe (BGR, per-channel mean), sigmoid
-    pytorch_resnet18_softmax,  # softmax with a background logit, imagenet
-    resnet50_multilabel,
-    efficientnet_binary_512,
-    keras_resnet50_unet,  # NHWC segmenter, resize feed
-]
+from tests.plant_models import PLANT_FORMS, write_model_dir
 
 
 def _stages(files: ModelFiles) -> tuple[Stage, Stage]:
@@ -78,7 +61,7 @@ def _agree(files: ModelFiles, rng: np.random.Generator) -> None:
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("make", PLANT, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("make", PLANT_FORMS, ids=lambda f: f.__name__)
 def test_fused_plant_models_give_the_host_paths_outputs(make, tmp_path: Path) -> None:
     files = resolve_model_dir(write_model_dir(tmp_path, make()))
     _agree(files, np.random.default_rng(1))
