@@ -247,3 +247,11 @@ def test_a_daemon_on_openvino_serves_real_strips(
     for event in events:  # the verdict FP32 ONNX Runtime gives, computed independently
         image = cv2.imread(str(paths[event["seq"]]), cv2.IMREAD_GRAYSCALE)
         assert bool(event["defects"]) == direct_masks(image, shipped_models()).any(), event
+
+
+def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    files = load_repository(shipped_models())["classifier"]
+    options = OpenVinoOptions(cache_dir=tmp_path / "file" / "ov")
+    with pytest.raises(BackendError, match=r"openvino_cache '.*/file/ov' cannot be created"):
+        OpenVinoBackend(files, _shape(files), max_batch=4, options=options)

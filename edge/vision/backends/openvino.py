@@ -67,11 +67,10 @@ def version() -> str | None:
 class _Compiled:
     """A compiled model and what it was compiled with, shared by the backends that use it."""
 
-    def __init__(self, compiled: Any, precision: str, streams: int, threads: int) -> None:
+    def __init__(self, compiled: Any, precision: str, streams: int) -> None:
         self.model = compiled
         self.precision = precision
         self.streams = streams
-        self.threads = threads
         self.lock = threading.Lock()  # create_infer_request from several loading threads
 
 
@@ -94,7 +93,11 @@ def core() -> Any:
 
 
 def devices() -> list[str]:
-    return list(core().available_devices)
+    """The devices OpenVINO finds here (CPU always; GPU, GPU.1, NPU where their drivers are)."""
+    try:
+        return list(core().available_devices)
+    except RuntimeError as exc:  # a device plugin that fails to enumerate
+        raise BackendError(f"OpenVINO cannot list its devices: {exc}") from None
 
 
 class OpenVinoBackend:
@@ -156,7 +159,7 @@ def _compile(files: ModelFiles, source: bytes, options: OpenVinoOptions, threads
     if shared is not None:
         return shared
     ov_core = core()
-    available = list(ov_core.available_devices)
+    available = devices()
     device = options.device
     kind = device.split(":")[0].split(".")[0]
     if kind not in _VIRTUAL_DEVICES and device not in available and kind not in available:
@@ -173,10 +176,7 @@ def _compile(files: ModelFiles, source: bytes, options: OpenVinoOptions, threads
             f"OpenVINO cannot compile model {files.model_id} for {device} ({config}): {exc}"
         ) from None
     shared = _Compiled(
-        compiled,
-        _precision_name(compiled, device),
-        _property(compiled, "NUM_STREAMS", options.streams),
-        _property(compiled, "INFERENCE_NUM_THREADS", 0),
+        compiled, _precision_name(compiled), _property(compiled, "NUM_STREAMS", options.streams)
     )
     with _COMPILE_LOCK:
         _COMPILED[key] = shared
@@ -195,7 +195,12 @@ def _compile_config(core: Any, device: str, options: OpenVinoOptions, threads: i
     if options.precision != "auto":
         wanted["INFERENCE_PRECISION_HINT"] = options.precision
     if options.cache_dir is not None:
-        options.cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            options.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(
+                f"openvino_cache {str(options.cache_dir)!r} cannot be created: {exc.strerror}"
+            ) from None
         wanted["CACHE_DIR"] = str(options.cache_dir)
     missing = [k for k in wanted if supported and k not in supported and k != "CACHE_DIR"]
     if "INFERENCE_PRECISION_HINT" in missing:
@@ -212,7 +217,7 @@ def _property(compiled: Any, name: str, default: Any) -> Any:
         return default
 
 
-def _precision_name(compiled: Any, device: str) -> str:
+def _precision_name(compiled: Any) -> str:
     """The precision the compiled model runs in, as the config spells it (f32, bf16, f16)."""
     value = _property(compiled, "INFERENCE_PRECISION_HINT", None)
     if value is None:
