@@ -79,6 +79,27 @@ def test_sampler_keeps_images_and_masks_aligned() -> None:
     assert np.array_equal(batch.labels == 1, pixels >= PRESENT_PIXELS)
 
 
+def _one_class_strip(k: int, name: str) -> LabelledStrip:
+    masks = np.zeros((4, 64, 256), bool)
+    masks[k, 20:40, 100:130] = True
+    present = masks.reshape(4, -1).any(1)
+    image = np.zeros((64, 256), np.uint8)
+    return LabelledStrip(name, image, masks, present, np.ones(4, bool))
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_class_balanced_crops_show_a_rare_class_as_often_as_a_common_one(balanced: bool) -> None:
+    """Nine strips of scale, one of pits: drawn strip first, pits are one crop in ten;
+    class first, one in two."""
+    strips = [_one_class_strip(2, f"scale{i}") for i in range(9)] + [_one_class_strip(0, "pits")]
+    sampler = CropSampler(strips, [], size=32, seed=0, defect_centred=1.0, class_balanced=balanced)
+    batch = sampler.batch(400)
+    share = float((batch.masks[:, 0].reshape(400, -1).any(1)).mean())
+    assert (0.4 < share < 0.6) if balanced else (0.04 < share < 0.17), share
+    # Centred on its class: every crop holds defect pixels of the class it was drawn for.
+    assert batch.masks.reshape(400, 4, -1).any(-1).any(-1).all()
+
+
 def test_segmenter_sampler_skips_strips_without_masks() -> None:
     unknown = _strip(np.zeros((64, 64), bool), known=False)
     with pytest.raises(ValueError, match="no training strips"):

@@ -192,3 +192,25 @@ def test_eval_on_generated_strips_alone(tiny_repo: Path) -> None:
     result = CliRunner().invoke(app, ["eval", "--models", str(tiny_repo), "--synthetic", "3"])
     assert result.exit_code == 0, result.output
     assert "3 images" in result.output
+
+
+def test_overlay_labels_its_panels_and_shows_a_legend_of_the_class_colours() -> None:
+    from edge.tools.training.plots import (
+        CLASS_COLOURS,
+        LEGEND_HEIGHT,
+        PANEL_LABEL_WIDTH,
+        overlay,
+    )
+
+    (strip,) = synthetic_strips(1, seed=5, clean_fraction=0.0)
+    shifted = np.roll(strip.masks, 30, axis=2)  # a prediction off by 30 px
+    image = overlay(StripOutputs(strip, [], np.zeros((7, 4)), np.zeros((4, 256, 1600)), shifted))
+    assert image.shape == (2 * 256 + 6 + LEGEND_HEIGHT, PANEL_LABEL_WIDTH + 1600, 3)
+    legend = image[-LEGEND_HEIGHT:]
+    for colour in CLASS_COLOURS:  # every class's swatch, whichever classes the strip has
+        assert (legend == colour).all(axis=-1).sum() >= 100, colour
+    margin = image[:256, :PANEL_LABEL_WIDTH]
+    assert (margin < 128).any() and (margin == 255).mean() > 0.8  # "truth" written in black
+    # The truth and the model panels differ where the prediction moved.
+    top, bottom = image[:256, PANEL_LABEL_WIDTH:], image[262 : 262 + 256, PANEL_LABEL_WIDTH:]
+    assert not np.array_equal(top, bottom)

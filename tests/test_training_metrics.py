@@ -47,6 +47,25 @@ def test_roc_curve_ends_at_corners() -> None:
     assert (fpr[i], tpr[i]) == (0.5, 0.5)
 
 
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5, 0.75, 1.0])),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_roc_curve_is_the_rates_at_each_threshold_by_definition(pairs) -> None:
+    """The sort-and-cumsum curve against counting at every threshold (ties included)."""
+    labels = np.array([y for y, _ in pairs], bool)
+    scores = np.array([s for _, s in pairs], float)
+    fpr, tpr, thresholds = metrics.roc_curve(labels, scores)
+    want_t = np.r_[np.inf, np.unique(scores)[::-1]]
+    positives, negatives = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
+    np.testing.assert_array_equal(thresholds, want_t)
+    np.testing.assert_allclose(tpr, [(scores[labels] >= t).sum() / positives for t in want_t])
+    np.testing.assert_allclose(fpr, [(scores[~labels] >= t).sum() / negatives for t in want_t])
+
+
 def test_confusion_precision_recall_f1() -> None:
     c = metrics.confusion([1, 1, 1, 0, 0, 0], [1, 1, 0, 1, 0, 0])
     assert (c.tp, c.fp, c.fn, c.tn) == (2, 1, 1, 2)

@@ -152,6 +152,13 @@ def train(
     real_weight: Annotated[
         float, typer.Option(min=0, max=1, help="Share of crops from real images.")
     ] = 0.5,
+    class_balanced: Annotated[
+        bool,
+        typer.Option(
+            help="Defect-centred crops pick their class first, each class as often as the "
+            "others, then a strip with it (else a strip first: common classes dominate)."
+        ),
+    ] = False,
     checkpoint_every: Annotated[int, typer.Option(min=1)] = 100,
     fresh: Annotated[bool, typer.Option(help="Start over, ignoring a checkpoint.")] = False,
     version: Annotated[int | None, typer.Option(help="Version folder (default: next).")] = None,
@@ -183,6 +190,7 @@ def train(
         seed=seed,
         threads=threads,
         real_weight=real_weight,
+        class_balanced=class_balanced,
         checkpoint_every=checkpoint_every,
         fresh=fresh,
         version=version,

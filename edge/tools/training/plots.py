@@ -80,11 +80,20 @@ def confusion_figure(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+LEGEND_HEIGHT = 28
+PANEL_LABEL_WIDTH = 96
+
+
 def overlay(out: StripOutputs) -> np.ndarray:
-    """The strip twice, stacked: true masks' outlines on top, predicted masks' below (BGR)."""
+    """The strip twice, stacked: true masks' outlines on top ("truth"), predicted masks' below
+    ("model"), each panel labelled on its left, and a legend of the class colours under them
+    (BGR)."""
     gray = cv2.cvtColor(out.strip.image, cv2.COLOR_GRAY2BGR)
     panels = []
-    for masks, known in ((out.strip.masks, out.strip.mask_known), (out.deployed, None)):
+    for title, masks, known in (
+        ("truth", out.strip.masks, out.strip.mask_known),
+        ("model", out.deployed, None),
+    ):
         panel = gray.copy()
         for k in range(NUM_CLASSES):
             if known is not None and not known[k]:
@@ -93,9 +102,31 @@ def overlay(out: StripOutputs) -> np.ndarray:
                 masks[k].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
             )
             cv2.drawContours(panel, contours, -1, CLASS_COLOURS[k], 2)
-        panels.append(panel)
-    divider = np.full((6, gray.shape[1], 3), 255, np.uint8)
-    return np.vstack([panels[0], divider, panels[1]])
+        panels.append(_labelled(panel, title))
+    width = panels[0].shape[1]
+    divider = np.full((6, width, 3), 255, np.uint8)
+    return np.vstack([panels[0], divider, panels[1], _legend(width, out.strip.mask_known)])
+
+
+def _labelled(panel: np.ndarray, title: str) -> np.ndarray:
+    """The panel with a white margin on its left naming it."""
+    margin = np.full((panel.shape[0], PANEL_LABEL_WIDTH, 3), 255, np.uint8)
+    cv2.putText(margin, title, (8, panel.shape[0] // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
+                (0, 0, 0), 2, cv2.LINE_AA)  # fmt: skip
+    return np.hstack([margin, panel])
+
+
+def _legend(width: int, known: np.ndarray) -> np.ndarray:
+    """One swatch and name per class; a class whose true mask is unknown says so."""
+    strip = np.full((LEGEND_HEIGHT, width, 3), 255, np.uint8)
+    x = PANEL_LABEL_WIDTH
+    for k in range(NUM_CLASSES):
+        cv2.rectangle(strip, (x, 7), (x + 14, 21), CLASS_COLOURS[k], -1)
+        name = f"{k + 1} {CLASS_NAMES[k]}" + ("" if known[k] else " (truth: mask unknown)")
+        cv2.putText(strip, name, (x + 20, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+        x += 20 + 9 * len(name) + 24
+    return strip
 
 
 def write_figures(

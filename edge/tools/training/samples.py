@@ -67,6 +67,7 @@ class CropSampler:
         defect_centred: float = 0.5,
         need_masks: bool = False,
         photometric: bool = True,
+        class_balanced: bool = False,
     ) -> None:
         if need_masks:
             # A segmenter learns nothing true from a class whose mask is unknown.
@@ -80,6 +81,14 @@ class CropSampler:
         self.size = size
         self.defect_centred = defect_centred
         self.photometric = photometric
+        self.class_balanced = class_balanced
+        # Per pool and class: the strips whose mask of that class is known. A defect-centred
+        # crop then picks its class first, so a class on 17 strips is seen as often as one on 60.
+        self.holders = [
+            [[j for j, st in enumerate(pool) if st.present[k] and st.mask_known[k]]
+             for k in range(NUM_CLASSES)]
+            for pool in self.pools
+        ]  # fmt: skip
         self.rng = np.random.default_rng(seed)
         for pool in self.pools:
             for strip in pool:
@@ -100,9 +109,8 @@ class CropSampler:
         labels = np.empty((n, NUM_CLASSES), np.float32)
         weights = np.empty((n, NUM_CLASSES), np.float32)
         for i in range(n):
-            pool = self.pools[int(self.rng.choice(len(self.pools), p=self.pool_weights))]
-            strip = pool[int(self.rng.integers(len(pool)))]
-            y, x = self._corner(strip)
+            p = int(self.rng.choice(len(self.pools), p=self.pool_weights))
+            strip, (y, x) = self._draw(p)
             crop = strip.image[y : y + s, x : x + s]
             crop_masks = strip.masks[:, y : y + s, x : x + s]
             turns, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
@@ -113,19 +121,40 @@ class CropSampler:
             labels[i], weights[i] = crop_labels(crop_masks, strip)
         return Batch(images, masks, labels, weights)
 
+    def _draw(self, p: int) -> tuple[LabelledStrip, tuple[int, int]]:
+        """A strip of pool ``p`` and its crop's corner. Class-balanced: a defect-centred crop
+        picks a class uniformly among those the pool has masks of, then a strip with it."""
+        pool = self.pools[p]
+        classes = [k for k in range(NUM_CLASSES) if self.holders[p][k]]
+        if self.class_balanced and classes and self.rng.random() < self.defect_centred:
+            k = classes[int(self.rng.integers(len(classes)))]
+            holders = self.holders[p][k]
+            strip = pool[holders[int(self.rng.integers(len(holders)))]]
+            return strip, self._centred(strip, k)
+        strip = pool[int(self.rng.integers(len(pool)))]
+        if self.class_balanced:
+            h, w = strip.image.shape
+            return strip, (int(self.rng.integers(h - self.size + 1)),
+                           int(self.rng.integers(w - self.size + 1)))  # fmt: skip
+        return strip, self._corner(strip)
+
+    def _centred(self, strip: LabelledStrip, k: int) -> tuple[int, int]:
+        """A corner that puts a random pixel of class ``k``'s mask at the crop's centre."""
+        h, w = strip.image.shape
+        s = self.size
+        ys, xs = np.nonzero(strip.masks[k])
+        j = int(self.rng.integers(len(ys)))
+        return (
+            int(np.clip(int(ys[j]) - s // 2, 0, h - s)),
+            int(np.clip(int(xs[j]) - s // 2, 0, w - s)),
+        )
+
     def _corner(self, strip: LabelledStrip) -> tuple[int, int]:
         h, w = strip.image.shape
         s = self.size
         known = [k for k in range(NUM_CLASSES) if strip.present[k] and strip.mask_known[k]]
         if known and self.rng.random() < self.defect_centred:
-            k = known[int(self.rng.integers(len(known)))]
-            ys, xs = np.nonzero(strip.masks[k])
-            j = int(self.rng.integers(len(ys)))
-            cy, cx = int(ys[j]), int(xs[j])
-            return (
-                int(np.clip(cy - s // 2, 0, h - s)),
-                int(np.clip(cx - s // 2, 0, w - s)),
-            )
+            return self._centred(strip, known[int(self.rng.integers(len(known)))])
         return int(self.rng.integers(h - s + 1)), int(self.rng.integers(w - s + 1))
 
 

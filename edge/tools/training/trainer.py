@@ -48,6 +48,7 @@ class TrainSettings:
     threads: int = 0
     checkpoint_every: int = 100
     real_weight: float = 0.5  # share of crops drawn from real strips when both kinds exist
+    class_balanced: bool = False  # defect-centred crops pick their class first (samples.py)
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must agree with to be continued (not where it is saved)."""
@@ -111,6 +112,7 @@ def train(
         seed=settings.seed,
         real_weight=settings.real_weight,
         need_masks=settings.role == "segmenter",
+        class_balanced=settings.class_balanced,
     )
     model = nets.build(settings.role)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
