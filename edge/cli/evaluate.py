@@ -215,6 +215,15 @@ def eval_command(
         typer.echo(f"wrote {report / 'report.json'} and {len(written)} PNGs in {report}")
 
 
+def _why(detail: dict) -> str:
+    """What the chosen thresholds scored on the tuning strips: the reason they were chosen."""
+    return (
+        f"  (best of the sweeps on these strips: Dice on positives {_fmt(detail['mask']['dice_on_positives'])} "
+        f"at this mask threshold; mean Dice over all strips {_fmt(detail['gate']['mean_dice'])} "
+        "at this gate and min_area, as the daemon applies them)"
+    )
+
+
 def tune_command(
     models: TuneModels = None,
     data: Data = None,
@@ -290,7 +299,7 @@ def tune_command(
             f"class {k + 1}: gate {current['gate'][k]} -> {chosen['gate'][k]}, "
             f"mask {current['mask'][k]} -> {chosen['mask'][k]}, "
             f"min_area {current['min_area'][k]} -> {chosen['min_area'][k]}"
-            + ("" if detail["tuned"] else "  (no labelled positives: kept)")
+            + (_why(detail) if detail["tuned"] else "  (no labelled positives: kept)")
         )
     if dry_run:
         return

@@ -76,17 +76,17 @@ def compare(
     spec: ModelSpec, reference_raw: np.ndarray, raw: np.ndarray, *, fused: bool = False
 ) -> Agreement:
     """``fused``: both outputs come from fused models (the same form either way)."""
-    return _Counts(spec).add(reference_raw, raw, fused).agreement()
+    return AgreementCounts(spec).add(reference_raw, raw, fused).agreement()
 
 
-class _Counts:
+class AgreementCounts:
     """What an Agreement sums over chunks: the largest difference and the masks' pixels."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.worst, self.shared, self.either, self.reference = 0.0, 0, 0, 0
 
-    def add(self, reference_raw: np.ndarray, raw: np.ndarray, fused: bool) -> _Counts:
+    def add(self, reference_raw: np.ndarray, raw: np.ndarray, fused: bool) -> AgreementCounts:
         ref = probabilities(self.spec, reference_raw, fused)
         got = probabilities(self.spec, raw, fused)
         if ref.size:
@@ -119,7 +119,7 @@ def check_fused(
     adapter = InputAdapter(spec)
     windows = [(image, w) for image in images for w in adapter.windows(*image.shape[:2])]
     size = max(1, min(reference.max_batch, candidate.max_batch))
-    counts = _Counts(spec)
+    counts = AgreementCounts(spec)
     batch = adapter.new_batch(size, fused=True)
     for start in range(0, len(windows), size):
         chunk = windows[start : start + size]
