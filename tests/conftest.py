@@ -21,6 +21,8 @@ from edge.protocol import STATUS_TOPIC_PREFIX, parse_event
 from tests.tiny_models import write_tiny_repository
 
 SEVERSTAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "severstal_dev"
+# The 148-strip sample the shipped reference models are trained and held out on (issue 15).
+SEVERSTAL_TRAIN = SEVERSTAL.parent / "severstal_train"
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +38,13 @@ def severstal() -> Path:
     if not (SEVERSTAL / "labels.csv").is_file():
         pytest.skip(f"real Severstal samples not found at {SEVERSTAL} (../shared/data is absent)")
     return SEVERSTAL
+
+
+@pytest.fixture(scope="session")
+def severstal_train() -> Path:
+    if not (SEVERSTAL_TRAIN / "labels.csv").is_file():
+        pytest.skip(f"the 148-strip sample is not at {SEVERSTAL_TRAIN} (../shared/data is absent)")
+    return SEVERSTAL_TRAIN
 
 
 @pytest.fixture(scope="session")

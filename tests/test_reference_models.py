@@ -1,9 +1,9 @@
 """The shipped reference models in models/: trained by the committed command, and they work.
 
-The quality checks are the issue's bar, measured with `edge eval`'s own code: on the real
-Severstal strips held out of training, classifier AUC well above chance on every class that
-has positive tiles, and segmentation Dice on defective images above "predict nothing"; on
-synthetic strips (what `edge demo` shows), defects found and clean strips left alone.
+The quality checks hold the models to what was measured at release (models/README.md), with a
+margin, using `edge eval`'s own code on the 33 real strips of severstal_train held out of
+training and tuning (models/severstal_train_holdout.txt); on synthetic strips (what `edge demo`
+shows), defects found and clean strips left alone.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from edge.vision.postprocess import strip_defects
 from edge.vision.synthetic import strip_stream
 
 MODELS = shipped_models()
-HOLDOUT = MODELS / "severstal_dev_holdout.txt"
+HOLDOUT = MODELS / "severstal_train_holdout.txt"
 
 
 @pytest.fixture(scope="module")
@@ -47,33 +47,35 @@ def test_models_record_how_they_were_trained() -> None:
 
 
 @pytest.fixture(scope="module")
-def holdout_report(cascade: Cascade, severstal: Path) -> dict:
+def holdout_report(cascade: Cascade, severstal_train: Path) -> dict:
     strips = load_labelled(
-        severstal / "images",
-        severstal / "labels.csv",
-        image_level=severstal / "labels_image_level.csv",
+        severstal_train / "images",
+        severstal_train / "labels.csv",
+        image_level=severstal_train / "labels_image_level.csv",
         only=_ids(HOLDOUT),
     )
-    assert len(strips) == len(_ids(HOLDOUT))
+    assert len(strips) == len(_ids(HOLDOUT)) == 33
     report, _ = evaluate(cascade, strips)
     return report
 
 
 def test_holdout_classifier_ranks_defects_above_clean_tiles(holdout_report: dict) -> None:
-    # Measured at release: tile AUC 0.90, 0.88, 0.81, 0.62 (1, 2, 5 and 4 positive tiles).
+    # Measured at release: tile AUC TILE_AUC, strip AUC STRIP_AUC.
     per_class = holdout_report["classifier"]["per_class"]
-    aucs = {k: c["tile_auc"] for k, c in per_class.items() if c["tile_auc"] is not None}
-    assert len(aucs) == 4, per_class
-    assert min(aucs.values()) >= 0.6, aucs
-    assert holdout_report["classifier"]["mean_tile_auc"] >= 0.75
+    tile = {k: c["tile_auc"] for k, c in per_class.items()}
+    strip = {k: c["strip_auc"] for k, c in per_class.items()}
+    assert all(v is not None for v in [*tile.values(), *strip.values()]), per_class
+    assert min(tile.values()) >= MIN_TILE_AUC, tile
+    assert min(strip.values()) >= MIN_STRIP_AUC, strip
 
 
 def test_holdout_masks_beat_predicting_nothing(holdout_report: dict) -> None:
-    # Measured at release: Dice+ 0, 0, 0.31, 0 against 0 for predict-nothing everywhere.
-    per_class = holdout_report["segmentation"]["per_class"]
-    for c in per_class.values():
-        assert c["dice_on_positives"] >= c["baseline_predict_nothing"]["dice_on_positives"]
-    assert per_class["class_3"]["dice_on_positives"] >= 0.2
+    # Measured at release: Dice+ DICE_POS; Kaggle mean Dice KAGGLE against EMPTY for nothing.
+    seg = holdout_report["segmentation"]
+    positives = [c["dice_on_positives"] for c in seg["per_class"].values()]
+    assert sum(positives) / len(positives) >= MIN_MEAN_DICE_POS, positives
+    assert min(positives) >= MIN_DICE_POS, positives
+    assert seg["kaggle_mean_dice"] >= seg["baseline_predict_nothing"]["kaggle_mean_dice"] + MARGIN
 
 
 def test_synthetic_strips_are_told_apart(cascade: Cascade) -> None:
