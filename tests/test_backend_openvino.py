@@ -28,6 +28,7 @@ from edge.vision.modelspec import ModelFiles, load_repository, resolve_model_dir
 from edge.vision.preprocess import InputAdapter
 from edge.vision.replicas import WorkerPlan, load_replicas
 from tests.plant_models import PLANT_FORMS, write_model_dir
+from tests.test_graph import random_windows, stage_outputs
 from tests.test_real_samples import direct_masks
 from tests.test_server import frame_parts, per_frame
 
@@ -47,28 +48,14 @@ def _shape(files: ModelFiles) -> tuple[int, ...]:
     return InputAdapter(files.spec).sample_shape()
 
 
-def _outputs(stage: Stage, images: list[np.ndarray]) -> np.ndarray:
-    """Scores, or uint8 maps at the window's size, for the first 4 windows of ``images``."""
-    work = [(i, w) for i, image in enumerate(images) for w in stage.inputs.windows(256, 1600)]
-    (_, raw), *_ = stage.run_chunks(images, work[:4])
-    if stage.spec.role == "classifier":
-        return stage.outputs.scores(raw)
-    h, w = stage.inputs.model_hw
-    if stage.inputs.feed.mode == "resize":
-        h, w = images[0].shape[:2]
-    return stage.outputs.maps(raw, h, w)
-
-
 def assert_like_onnxruntime(files: ModelFiles, seed: int) -> None:
     """OpenVINO in f32 against the raw model on ONNX Runtime with the host's pre- and
     post-processing: the fused graph's whole path, not only the model."""
     reference = Stage(files, OnnxRuntimeBackend(files, _shape(files), max_batch=4, threads=1))
     candidate = Stage(files, OpenVinoBackend(files, _shape(files), max_batch=4, options=F32))
     assert candidate.fused and candidate.backend.input_dtype == np.uint8
-    rng = np.random.default_rng(seed)
-    shape = (256, 1600, 3) if files.spec.input.channels == 3 else (256, 1600)
-    images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2)]
-    want, got = _outputs(reference, images), _outputs(candidate, images)
+    images, work = random_windows(reference, np.random.default_rng(seed))
+    want, got = stage_outputs(reference, images, work), stage_outputs(candidate, images, work)
     assert got.dtype == want.dtype and got.shape == want.shape
     if files.spec.role == "classifier":
         np.testing.assert_allclose(got, want, atol=1e-4)

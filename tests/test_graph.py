@@ -31,7 +31,7 @@ def _stages(files: ModelFiles) -> tuple[Stage, Stage]:
     return Stage(files, raw), Stage(files, fused)
 
 
-def _windows(stage: Stage, rng: np.random.Generator) -> tuple[list[np.ndarray], list]:
+def random_windows(stage: Stage, rng: np.random.Generator) -> tuple[list[np.ndarray], list]:
     channels = 3 if stage.spec.input.channels == 3 else 1
     shape = (256, 1600, 3) if channels == 3 else (256, 1600)
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2)]
@@ -39,7 +39,7 @@ def _windows(stage: Stage, rng: np.random.Generator) -> tuple[list[np.ndarray], 
     return images, work[:4]
 
 
-def _outputs(stage: Stage, images: list[np.ndarray], work: list) -> np.ndarray:
+def stage_outputs(stage: Stage, images: list[np.ndarray], work: list) -> np.ndarray:
     """Scores (classifier) or uint8 maps at the window's size (segmenter), one chunk."""
     (_, raw), *_ = stage.run_chunks(images, work)
     if stage.spec.role == "classifier":
@@ -52,8 +52,8 @@ def _outputs(stage: Stage, images: list[np.ndarray], work: list) -> np.ndarray:
 
 def _agree(files: ModelFiles, rng: np.random.Generator) -> None:
     host, fused = _stages(files)
-    images, work = _windows(host, rng)
-    want, got = _outputs(host, images, work), _outputs(fused, images, work)
+    images, work = random_windows(host, rng)
+    want, got = stage_outputs(host, images, work), stage_outputs(fused, images, work)
     assert got.dtype == want.dtype and got.shape == want.shape
     if files.spec.role == "classifier":
         np.testing.assert_allclose(got, want, atol=2e-5)

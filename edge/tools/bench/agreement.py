@@ -111,8 +111,8 @@ def run_agreement(
     }
 
 
-def _describe(cascade: Cascade) -> dict[str, str]:
+def _describe(cascade: Cascade) -> dict[str, dict[str, str]]:
     return {
         "classifier": cascade.classifier.backend.describe(),
         "segmenter": cascade.segmenter.backend.describe(),
-    }  # type: ignore[return-value]
+    }

@@ -95,11 +95,11 @@ def worker_plan(settings: BenchSettings) -> WorkerPlan:
     return plan_workers(settings.workers, settings.threads, cores=usable_cores(), gpu=gpu)
 
 
-def _openvino(settings: BenchSettings, streams: int = 1) -> OpenVinoOptions:
+def _openvino(settings: BenchSettings) -> OpenVinoOptions:
+    """OpenVINO's device and precision as told (load_replicas sets a stream per worker)."""
     return OpenVinoOptions(
         device=settings.openvino_device,
         precision=settings.openvino_precision,  # type: ignore[arg-type]
-        streams=streams,
     )
 
 

@@ -10,6 +10,7 @@ the model loads); else ONNX Runtime on the CPU. The reason goes into the log lin
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import threading
 from collections.abc import Iterator, Sequence
@@ -72,8 +73,10 @@ class CheckStrips:
         return f"{len(self.images)} strips from {self.source}"
 
 
+@functools.cache
 def synthetic_check_strips(count: int = 4, seed: int = 7) -> CheckStrips:
-    """Synthetic strips, every one defective, so masks have something to agree on."""
+    """Synthetic strips, every one defective, so masks have something to agree on. Drawn once
+    per process (0.1 s): every model and worker copy of a load checks on the same ones."""
     from itertools import islice
 
     from edge.vision.synthetic import strip_stream
