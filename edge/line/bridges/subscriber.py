@@ -1,7 +1,9 @@
-"""The bridges' ZeroMQ side: a thread that subscribes to the daemon and feeds a BridgeState.
+"""The bridges' ZeroMQ side: a thread that subscribes to the daemon and feeds an EventSink.
 
-It never waits on the PLC side: it only decodes and updates the state under a short lock, so
-a PLC that polls slowly (or not at all) cannot make the daemon's events back up here.
+This is the one subscriber core every output shares: the PLC bridges (a ``BridgeState``),
+MQTT, the defect store. A sink must never wait on its own output: it decodes and hands the
+event on (a short lock, a bounded queue), so a PLC that polls slowly, a broker or a database
+that is away cannot make the daemon's events back up here.
 ZeroMQ reconnects on its own, with the backoff set below, whenever the daemon goes away
 (restart, crash, cable); it also re-sends the subscriptions, so nothing here has to notice.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import zmq
@@ -31,25 +33,52 @@ HEARTBEAT_TIMEOUT_MS = 5000
 RCVHWM = 100_000
 
 
-class Subscriber:
+class EventSink(Protocol):
+    """Where a subscriber hands the daemon's messages; called on the subscriber's thread."""
+
+    def take(self, topic: str, body: dict[str, Any]) -> None:
+        """One parsed v1 message. Raise KeyError/TypeError/ValueError for a malformed one."""
+
+    def invalid(self, reason: str) -> None:
+        """A message that is not a v1 event, or one ``take`` refused (counted, never fatal)."""
+
+
+class PlcSink:
+    """The PLC bridges' sink: events update a BridgeState; defective results notify."""
+
+    def __init__(
+        self, state: BridgeState, on_defect: Callable[[DefectNotice], None] | None = None
+    ) -> None:
+        self.state = state
+        self.on_defect = on_defect
+
+    def take(self, topic: str, body: dict[str, Any]) -> None:
+        notice = self.state.apply(topic, body)
+        if notice is not None and self.on_defect is not None:
+            self.on_defect(notice)
+
+    def invalid(self, reason: str) -> None:
+        self.state.invalid_message()
+
+
+class EventSubscriber:
     """Subscribe to ``source`` (the daemon's --publish endpoint) in a background thread."""
 
     def __init__(
         self,
         source: str,
-        state: BridgeState,
+        sink: EventSink,
         *,
-        on_defect: Callable[[DefectNotice], None] | None = None,
         curve: tuple[Path, Path] | None = None,
+        name: str = "bridge-subscriber",
     ) -> None:
         self.source = source
-        self.state = state
-        self.on_defect = on_defect
+        self.sink = sink
         self.curve = curve
         self._stop = threading.Event()
         self._context = zmq.Context()
         self._socket = self._connect()  # in the caller's thread: a bad endpoint fails start-up
-        self._thread = threading.Thread(target=self._run, name="bridge-subscriber", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _connect(self) -> zmq.Socket:
         sock = self._context.socket(zmq.SUB)
@@ -73,7 +102,7 @@ class Subscriber:
             raise ValueError(f"cannot connect to {self.source!r}: {err}") from None
         return sock
 
-    def start(self) -> Subscriber:
+    def start(self) -> EventSubscriber:
         self._thread.start()
         return self
 
@@ -102,19 +131,31 @@ class Subscriber:
         try:
             topic, body = parse_event(parts)
         except ProtocolError as err:
-            self.state.invalid_message()
+            self.sink.invalid(str(err))
             log.warning(
                 "bridge ignored a message that is not a v1 event", reason=str(err), throttle=True
             )
             return
         try:
-            notice = self.state.apply(topic, body)
+            self.sink.take(topic, body)
         except (KeyError, TypeError, ValueError) as err:
-            # A v1 map with a field of the wrong type: count it, keep serving the PLC.
-            self.state.invalid_message()
+            # A v1 map with a field of the wrong type: count it, keep serving.
+            self.sink.invalid(f"malformed {topic} event: {err!r}")
             log.warning(
                 "bridge ignored a malformed event", topic=topic, error=repr(err), throttle=True
             )
-            return
-        if notice is not None and self.on_defect is not None:
-            self.on_defect(notice)
+
+
+class Subscriber(EventSubscriber):
+    """The PLC bridges' subscriber: feeds ``state`` (and ``on_defect`` for defective results)."""
+
+    def __init__(
+        self,
+        source: str,
+        state: BridgeState,
+        *,
+        on_defect: Callable[[DefectNotice], None] | None = None,
+        curve: tuple[Path, Path] | None = None,
+    ) -> None:
+        self.state = state
+        super().__init__(source, PlcSink(state, on_defect), curve=curve)
