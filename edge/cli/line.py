@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,7 +21,37 @@ from edge.cli.common import (
 from edge.cli.progress import Progress
 from edge.logs import configure
 
-# Without a terminal, a plain progress line at most this often (the first one at once).
+# The line meta convention (edge.protocol.linemeta): the same three options on camera and replay.
+Meta = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--meta",
+        help="key=value put in every frame's meta; repeat (coil_id=C123, side=top; "
+        "docs/integration.md). Values stay strings.",
+    ),
+]
+StripLengthMm = Annotated[
+    float | None,
+    typer.Option(
+        "--strip-length-mm",
+        help="Coil length one strip covers: meta position_mm advances by it per strip "
+        "(per camera), and strip_length_mm is set.",
+    ),
+]
+StartMm = Annotated[
+    float,
+    typer.Option("--start-mm", help="position_mm of the first strip (with --strip-length-mm)."),
+]
+
+
+def _meta_stamp(meta: list[str] | None, strip_length_mm: float | None, start_mm: float) -> Any:
+    from edge.line.stamping import MetaStamp
+    from edge.protocol.linemeta import parse_assignments
+
+    try:
+        return MetaStamp(parse_assignments(meta), strip_length_mm, start_mm)
+    except ValueError as err:
+        raise fail(str(err)) from None
 
 
 def _say_waiting(endpoint: str, timeout_s: float) -> None:
@@ -55,10 +85,17 @@ def camera(
     wait_subscriber: Annotated[
         float, typer.Option(help="Seconds to wait for a subscriber before sending.")
     ] = 10.0,
+    meta: Meta = None,
+    strip_length_mm: StripLengthMm = None,
+    start_mm: StartMm = 0.0,
     curve_server_key: CurveServerKey = None,
     curve_client_key: CurveClientKey = None,
 ) -> None:
-    """Publish strip images as a camera would (from a folder, or synthetic ones)."""
+    """Publish strip images as a camera would (from a folder, or synthetic ones).
+
+    From a folder, each frame's meta names its file (``file``); --meta and --strip-length-mm
+    add the coil and the position along it.
+    """
     from edge.line.camera import ImageLoadError, images_in, load_strip, run_camera
     from edge.protocol import ENCODINGS
     from edge.protocol.curve import SecurityError
@@ -67,6 +104,7 @@ def camera(
 
     if encoding not in ENCODINGS:
         raise fail(f"--encoding must be one of {list(ENCODINGS)}, got {encoding!r}")
+    stamp = _meta_stamp(meta, strip_length_mm, start_mm)
     configure()
     if images is not None:
         try:
@@ -74,15 +112,21 @@ def camera(
         except ImageLoadError as err:
             raise fail(str(err)) from None
         ordered = itertools.cycle(paths) if loop else iter(paths)
-        frames = (load_strip(p, gray=not color) for p in ordered)
+        frames: Any = (
+            (load_strip(p, gray=not color), stamp.next_meta(camera_id, file=p.name))
+            for p in ordered
+        )
     else:
         from edge.vision.synthetic import strip_stream
 
-        frames = (s.image for s in strip_stream(seed, defect_rate=defect_rate))
+        images_only: Any = (s.image for s in strip_stream(seed, defect_rate=defect_rate))
         if color:
             import numpy as np
 
-            frames = (np.repeat(f[:, :, None], 3, axis=2) for f in frames)
+            images_only = (np.repeat(f[:, :, None], 3, axis=2) for f in images_only)
+        frames = (
+            (image, stamp.next_meta(camera_id)) if stamp.active else image for image in images_only
+        )
     try:
         sent = run_camera(
             to,
@@ -171,19 +215,25 @@ def replay(
     allow_truncated: Annotated[
         bool, typer.Option(help="Replay what a killed recorder left, up to its last whole message.")
     ] = False,
+    meta: Meta = None,
+    strip_length_mm: StripLengthMm = None,
+    start_mm: StartMm = 0.0,
     curve_server_key: CurveServerKey = None,
     curve_client_key: CurveClientKey = None,
 ) -> None:
     """Publish a recording again, message for message.
 
     Progress goes to stderr while it runs; at the end one summary line on stderr,
-    "replayed N messages".
+    "replayed N messages". With --meta or --strip-length-mm each frame's meta is stamped
+    (recorded keys kept unless overridden); other messages, and frames whose header cannot be
+    read, go out as recorded.
     """
     from edge.line.camera import replay as replay_recording
     from edge.line.recording import RecordingError, count_records
     from edge.protocol.curve import SecurityError
 
     curve = curve_pair(curve_server_key, curve_client_key)
+    stamp = _meta_stamp(meta, strip_length_mm, start_mm)
     configure()
     try:
         with Progress("replaying", count_records(recording), "messages") as progress:
@@ -195,6 +245,7 @@ def replay(
                 wait_subscriber_s=wait_subscriber,
                 allow_truncated=allow_truncated,
                 curve=curve,
+                stamp=stamp if stamp.active else None,
                 on_sent=progress.update,
                 on_waiting=_say_waiting,
             )

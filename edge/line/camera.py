@@ -21,6 +21,7 @@ import structlog
 import zmq
 
 from edge.line.recording import read_info, read_recording
+from edge.line.stamping import MetaStamp, stamp_frame_parts
 from edge.protocol import ENCODINGS, FrameHeader, encode_frame
 from edge.protocol.sockets import bind_when_free
 
@@ -333,10 +334,13 @@ def replay(
     stop: threading.Event | None = None,
     allow_truncated: bool = False,
     curve: tuple[Path, Path] | None = None,
+    stamp: MetaStamp | None = None,
     on_sent: Callable[[int], None] | None = None,
     on_waiting: Callable[[str, float], None] | None = None,
 ) -> int:
     """Bind at ``to`` and publish every message of the recording at ``path``, parts unchanged.
+
+    With ``stamp``, frames get the line meta stamped into their header (``stamp_frame_parts``).
 
     Pacing follows the recorded receive times unless ``fps`` is given; ``as_fast_as_possible``
     sends without waiting. Returns the messages sent. A truncated recording raises
@@ -359,7 +363,7 @@ def replay(
                 pacer.wait_until_offset(rec.recv_ts_ns)
             if _stopped(stop):
                 break
-            pub.send_parts(rec.parts)
+            pub.send_parts(rec.parts if stamp is None else stamp_frame_parts(rec.parts, stamp))
             sent += 1
             if on_sent is not None:
                 on_sent(sent)
