@@ -117,6 +117,11 @@ class Config(BaseModel):
     max_wait_ms: float = Field(
         5.0, ge=0, description="how long a partial batch waits for more strips"
     )
+    publish_crops: bool = Field(
+        False,
+        description="each defect of a result carries a JPEG crop of the frame about its largest "
+        "component (at most 256 x 256 px and 32 KiB), for edge store and edge report",
+    )
     max_latency_ms: float | None = Field(
         None,
         description="a strip still waiting for inference this long after receipt is dropped "

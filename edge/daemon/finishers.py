@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from edge.daemon.metrics import Metrics
@@ -37,8 +38,11 @@ class Finishers:
         unfinished: threading.BoundedSemaphore,
         metrics: Metrics,
         count: int,
+        publish_crops: Callable[[], bool] = lambda: False,
     ) -> None:
         self.count = max(1, count)
+        # Read per batch, as the config is: a reload turns crops on or off from the next batch.
+        self._publish_crops = publish_crops
         self._inbox = inbox
         self._outbox = outbox
         self._unfinished = unfinished
@@ -65,7 +69,7 @@ class Finishers:
 
     def _finish(self, batch: Batch) -> None:
         try:
-            outgoing = post_process(batch, self._metrics)
+            outgoing = post_process(batch, self._metrics, crops=self._publish_crops())
         finally:
             self._unfinished.release()
         self._outbox.put(Finished(batch.ticket, outgoing))

@@ -28,6 +28,8 @@ taken and not yet sent.
                                                    encoding one class of one band at a time
     waiting    S x B x event                       result events made, each ticket's batch of
                                                    them waiting for its turn to be sent
+               + S x max_batch x K x crop          with publish_crops: a JPEG per class and
+                                                   frame (edge.vision.crops bounds each)
 
 Result events are bounded per frame whatever the frames show (at most MAX_COMPONENTS components
 and MAX_MASK_RUNS runs per class, and a meta of at most MAX_HEADER_BYTES on the wire, unpacked
@@ -59,6 +61,7 @@ from typing import Any
 from edge.daemon.inference import SPARE_TICKETS, TICKETS_PER_WORKER, UNFINISHED_PER_WORKER
 from edge.protocol import MAX_HEADER_BYTES
 from edge.vision.cascade import Cascade
+from edge.vision.crops import CROP_MAX_BYTES, CROP_MAX_SIDE
 from edge.vision.postprocess import MAX_COMPONENTS, MAX_MASK_RUNS
 
 RGB = 3  # decoded bytes per pixel at most
@@ -82,6 +85,10 @@ MASK_BYTES = 24
 # start and length as Python ints and strings before they are joined.
 RUN_TEMP_BYTES = 272
 COMPONENT_TEMP_BYTES = 48  # per component: its area and box (int64) and the kept index
+# One defect's crop as Python objects: the JPEG at its bound, its dict and bbox list.
+CROP_BYTES = CROP_MAX_BYTES + 512
+# Making one: the cut, its BGR copy and the encoder's buffer, at the largest crop.
+CROP_TEMP_BYTES = 3 * CROP_MAX_SIDE * CROP_MAX_SIDE * RGB
 # A header's meta, unpacked, per byte on the wire at most (nested empty maps and lists).
 META_EXPANSION = 72
 
@@ -174,12 +181,16 @@ def memory_bound(
     tickets = workers * TICKETS_PER_WORKER + SPARE_TICKETS
     batch = max(config.max_batch * area, pixels)  # B
     maps = tiles * area * FLOAT * classes
+    crops = bool(getattr(config, "publish_crops", False))
     return MemoryBound(
         received=connections * (config.rcvhwm + 1) * per_message,
         decoding=4 * per_message + DECODE_BYTES * padded + DECODE_FIXED,
         queued=config.queue_size * (pixels * RGB + meta),
         inferring=workers * (1 + UNFINISHED_PER_WORKER) * (batch * RGB + maps),
-        finishing=batch * ((2 * FLOAT + 1) * classes + FLOAT) + round(pixels * mask),
-        waiting=round(tickets * min(batch * event, config.max_batch * event_cap)),
+        finishing=batch * ((2 * FLOAT + 1) * classes + FLOAT)
+        + round(pixels * mask)
+        + crops * CROP_TEMP_BYTES,
+        waiting=round(tickets * min(batch * event, config.max_batch * event_cap))
+        + crops * tickets * config.max_batch * classes * CROP_BYTES,
         tiles_per_batch=tiles,
     )

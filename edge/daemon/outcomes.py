@@ -84,24 +84,27 @@ class Finished:
     outgoing: list[Outgoing]
 
 
-def post_process(batch: Batch, metrics: Metrics) -> list[Outgoing]:
-    """Every frame's event, in frame order: a result, or a reject naming what failed."""
+def post_process(batch: Batch, metrics: Metrics, *, crops: bool = False) -> list[Outgoing]:
+    """Every frame's event, in frame order: a result, or a reject naming what failed.
+
+    ``crops``: each defect carries a JPEG crop of its frame (``edge.vision.crops``).
+    """
     made: list[Outgoing] = []
     for frames, outcome in batch.parts:
         if isinstance(outcome, InferenceFailed):
             made += [Rejected.of(frame, outcome.reason) for frame in frames]
         else:
-            made += _results(batch.cascade, frames, outcome, metrics)
+            made += _results(batch.cascade, frames, outcome, metrics, crops)
     return made
 
 
 def _results(
-    cascade: Cascade, frames: list[Frame], inferred: Inferred, metrics: Metrics
+    cascade: Cascade, frames: list[Frame], inferred: Inferred, metrics: Metrics, crops: bool
 ) -> list[Outgoing]:
     start = time.perf_counter()
     try:
         results = cascade.finish(inferred)
-        events = result_events(cascade, frames, results)
+        events = result_events(cascade, frames, results, crops=crops)
     except Exception:
         # Every frame still gets its one event, and the daemon serves on.
         log.exception(

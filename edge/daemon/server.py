@@ -220,8 +220,9 @@ class Server:
         count = len(replicas.cascades)
         unfinished = threading.BoundedSemaphore(count * UNFINISHED_PER_WORKER)
         finishers = self.finishers = Finishers(
-            self._finishing, self._outbox, unfinished, self.metrics, count
-        )
+            self._finishing, self._outbox, unfinished, self.metrics, count,
+            publish_crops=lambda: self.config.publish_crops,
+        )  # fmt: skip
         workers = self.workers = InferenceWorkers(
             replicas, self._queue, finishers, self._handover, self.metrics,
             lambda: self.config, lambda: self.failure is not None, drop=receiver.drop,

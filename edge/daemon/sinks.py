@@ -13,6 +13,7 @@ from edge.daemon.frames import Frame
 from edge.protocol import pack
 from edge.protocol.sockets import bind_when_free
 from edge.vision.cascade import Cascade, StripResult
+from edge.vision.crops import defect_crop
 from edge.vision.postprocess import strip_defects
 
 REBIND_FLUSH_MS = 500
@@ -68,9 +69,16 @@ class EventPublisher:
 
 
 def result_events(
-    cascade: Cascade, frames: Sequence[Frame], results: Sequence[StripResult]
+    cascade: Cascade,
+    frames: Sequence[Frame],
+    results: Sequence[StripResult],
+    *,
+    crops: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
     """(camera, result event) for each frame of a batch the cascade ran, in order.
+
+    ``crops``: each defect gets ``crop``, a bounded JPEG of the frame about its largest
+    component (``publish_crops``; ``edge.vision.crops``).
 
     The daemon's own post-processing; ``edge bench`` runs it too, so what it measures is this.
     """
@@ -79,6 +87,11 @@ def result_events(
     events = []
     for frame, result in zip(frames, results, strict=True):
         defects = strip_defects(result, seg_spec)
+        if crops:
+            for defect in defects:
+                crop = defect_crop(frame.pixels, defect)
+                if crop is not None:
+                    defect["crop"] = crop
         latency_ms = (time.monotonic_ns() - frame.received_ns) / 1e6
         event = protocol.result_event(
             frame.header,
