@@ -67,6 +67,28 @@ def test_counters_histograms_and_backend_after_real_traffic(start_daemon, camera
     assert "classifier" in dict(backend[0][1])
 
 
+def test_defects_are_counted_per_class_and_the_process_is_described(
+    start_daemon, camera_socket
+) -> None:
+    daemon = start_daemon(metrics="127.0.0.1:0")
+    cam = camera_socket(daemon.source)
+    strip = gray_strip()
+    strip[10:30, 100:150] = 20  # very dark: the tiny segmenter's classes dark and very_dark
+    cam.send_multipart(frame_parts("cam1", 0, strip))
+    cam.send_multipart(frame_parts("cam1", 1, gray_strip()))
+    daemon.subscriber.wait_for(lambda ev: len(per_frame(ev)) >= 2)
+    found = samples(daemon)
+    assert value(found, "edge_results_total", camera="cam1") == 2
+    for name in ("dark", "very_dark"):
+        assert value(found, "edge_defects_total", camera="cam1", defect_class=name) == 1
+        assert (
+            value(found, "edge_defect_area_pixels_total", camera="cam1", defect_class=name) == 1000
+        )
+    assert value(found, "edge_defects_total", camera="cam1", defect_class="bright") == 0
+    assert value(found, "process_resident_memory_bytes") > 10e6
+    assert value(found, "process_cpu_seconds_total") > 0
+
+
 def test_drops_are_counted_by_reason(start_daemon, camera_socket) -> None:
     daemon = start_daemon(metrics="127.0.0.1:0", queue_size=1, max_batch=7)
     cam = camera_socket(daemon.source)

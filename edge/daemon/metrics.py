@@ -12,13 +12,21 @@ daemons in one process, as in the tests, never share or clash over a metric.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    make_wsgi_app,
+)
 
 from edge.daemon.ledger import OVERFLOW
 from edge.protocol import UNKNOWN_CAMERA
@@ -63,6 +71,21 @@ class Metrics:
             "edge_frames_received", "Frames received per camera", ["camera"], registry=r
         )
         self.results = Counter("edge_results", "Result events per camera", ["camera"], registry=r)
+        # Class names come from the segmenter's config: bounded by the models, not the traffic.
+        self.defects = Counter(
+            "edge_defects",
+            "Results that found this defect class, per camera",
+            ["camera", "defect_class"],
+            registry=r,
+        )
+        self.defect_area = Counter(
+            "edge_defect_area_pixels",
+            "Pixels of this defect class found, per camera",
+            ["camera", "defect_class"],
+            registry=r,
+        )
+        # CPU seconds, resident memory, open file descriptors, start time: process_* series.
+        ProcessCollector(registry=r)
         self.rejects = Counter(
             "edge_rejects", "Reject events per camera and reason", ["camera", "reason"], registry=r
         )
@@ -125,9 +148,13 @@ class Metrics:
     def frame_received(self, camera: str) -> None:
         self.received.labels(self.camera(camera)).inc()
 
-    def result(self, camera: str, latency_s: float) -> None:
-        self.results.labels(self.camera(camera)).inc()
+    def result(self, camera: str, latency_s: float, defects: Sequence[dict[str, Any]] = ()) -> None:
+        label = self.camera(camera)
+        self.results.labels(label).inc()
         self.stage_seconds.labels("end_to_end").observe(latency_s)
+        for defect in defects:
+            self.defects.labels(label, defect["name"]).inc()
+            self.defect_area.labels(label, defect["name"]).inc(defect["area_px"])
 
     def reject(self, camera: str, reason: str) -> None:
         self.rejects.labels(self.camera(camera), reject_category(reason)).inc()

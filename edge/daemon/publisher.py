@@ -116,7 +116,7 @@ class PublishLoop:
                     seconds = (time.monotonic_ns() - out.received_ns) / 1e9
                     out.event["latency_ms"] = round(seconds * 1000, 3)
                     self._ledger.count(header.camera, "results")
-                    self._metrics.result(header.camera, seconds)
+                    self._metrics.result(header.camera, seconds, out.event["defects"])
                 self._publish(publisher, protocol.event_topic(header.camera), out.event)
         finally:
             self._tickets.release()
