@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.daemon.config import ConfigError, load_config
 from edge.daemon.ledger import OVERFLOW
-from edge.daemon.metrics import MAX_CAMERA_LABELS, Metrics, reject_category
+from edge.daemon.metrics import MAX_CAMERA_LABELS, REJECT_CATEGORIES, Metrics, reject_category
 from tests.conftest import gray_strip, hold_models
 from tests.test_server import frame_parts, per_frame
 
@@ -159,6 +159,34 @@ def test_metrics_endpoint_is_closed_at_shutdown(start_daemon) -> None:
 )
 def test_reject_reasons_map_to_few_labels(reason: str, category: str) -> None:
     assert reject_category(reason) == category
+
+
+def test_a_cameras_counters_are_exported_at_zero_from_its_first_frame() -> None:
+    metrics = Metrics(queue_depth=lambda: 0, progress_age_s=lambda: 0.0)
+    metrics.frame_received("cam1")
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
+    expected = {("edge_missing_frames_total", (("camera", "cam1"),)): 0.0}
+    expected |= {("edge_results_total", (("camera", "cam1"),)): 0.0}
+    expected |= {("edge_frames_received_total", (("camera", "cam1"),)): 1.0}
+    expected |= {("edge_reloads_total", (("outcome", o),)): 0.0 for o in ("ok", "refused")}
+    expected |= {
+        ("edge_drops_total", (("camera", "cam1"), ("reason", r))): 0.0
+        for r in ("overload", "deadline", "shutdown")
+    }
+    expected |= {
+        ("edge_rejects_total", (("camera", "cam1"), ("reason", c))): 0.0
+        for c in ("protocol", "decode", "limit", "inference", "postprocess")
+    }
+    assert {k: v for k, v in found.items() if k[0].startswith("edge_")} == expected
+    # Every category reject_category can give is one of those exported.
+    reasons = ["undecodable jpeg image", "inference failed", "post-processing failed",
+               "frame height 9 is over", "header is not valid msgpack"]  # fmt: skip
+    assert {reject_category(r) for r in reasons} == set(REJECT_CATEGORIES)
 
 
 def test_camera_labels_are_bounded() -> None:

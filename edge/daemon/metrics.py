@@ -40,6 +40,11 @@ OTHER_CAMERAS = OVERFLOW
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 TILE_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Every label value a camera's counters can take, exported at 0 from its first frame: a
+# dashboard then shows "0 drops", not "no data", and rate() in an alert has a series to read.
+DROP_REASONS = ("overload", "deadline", "shutdown")
+REJECT_CATEGORIES = ("protocol", "decode", "limit", "inference", "postprocess")
+RELOAD_OUTCOMES = ("ok", "refused")
 
 
 def reject_category(reason: str) -> str:
@@ -123,6 +128,8 @@ class Metrics:
         self.ready = Gauge("edge_ready", "1 when /readyz would answer 200", registry=r)
         self.backend = Info("edge_backend", "Backend and model versions serving", registry=r)
         self.reloads = Counter("edge_reloads", "Reloads by outcome", ["outcome"], registry=r)
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.labels(outcome)
         # Labelled by the configured endpoints only: bounded by the config.
         self.source_up = Gauge(
             "edge_source_up",
@@ -142,8 +149,17 @@ class Metrics:
                 return camera
             if len(self._cameras) < self.max_cameras:
                 self._cameras.add(camera)
+                self._export_zeros(camera)
                 return camera
         return OVERFLOW
+
+    def _export_zeros(self, camera: str) -> None:
+        for counter in (self.received, self.results, self.missing):
+            counter.labels(camera)
+        for reason in DROP_REASONS:
+            self.drops.labels(camera, reason)
+        for category in REJECT_CATEGORIES:
+            self.rejects.labels(camera, category)
 
     def frame_received(self, camera: str) -> None:
         self.received.labels(self.camera(camera)).inc()
