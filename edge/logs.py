@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -174,13 +175,50 @@ class _StderrHandler(logging.Handler):
 STDLIB_LEVEL = logging.WARNING
 
 
+# syslog priorities (sd-daemon(3)): what journald files a line under, from its "<N>" prefix.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+              "critical": 2}  # fmt: skip
+
+
+def stderr_is_the_journal() -> bool:
+    """Whether stderr is systemd's journal stream: systemd sets JOURNAL_STREAM to its
+    ``device:inode`` for a service whose stderr goes to the journal (systemd.exec(5))."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stderr (closed, a test's buffer)
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+class JournalPriority:
+    """Prefixes each rendered line with its syslog priority, ``<4>{...}`` for a warning.
+
+    journald strips the prefix and files the line under that priority (SyslogLevelPrefix=,
+    on by default), so ``journalctl -u edge -p warning`` finds the warnings and errors; without
+    it every line of a service is filed as info. Only on the journal's own stream: a file or a
+    pipe gets the plain JSON line.
+    """
+
+    def __init__(self, renderer: structlog.typing.Processor) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> str:
+        level = str(event_dict.get("level", method)).lower()
+        line = self.renderer(logger, method, event_dict)
+        return f"<{PRIORITIES.get(level, 6)}>{line}"
+
+
 def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     """structlog's lines and the standard library's (third-party libraries), rendered alike:
-    one JSON object a line in json mode, on whatever ``sys.stderr`` is at the time."""
+    one JSON object a line in json mode, on whatever ``sys.stderr`` is at the time; on the
+    journal's stream each line carries its syslog priority (``JournalPriority``)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
+    if use_json and stderr_is_the_journal():
+        renderer = JournalPriority(renderer)
     numeric_level = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[

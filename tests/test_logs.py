@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 import sys
 from typing import Any
 
@@ -167,3 +169,48 @@ def test_configured_reload_refusals_are_all_logged(monkeypatch: pytest.MonkeyPat
         structlog.reset_defaults()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["error"] for line in lines] == [f"bad {attempt}" for attempt in range(7)]
+
+
+JOURNAL_CHILD = """
+import logging
+import structlog
+from edge.logs import configure
+configure("json")
+log = structlog.get_logger("t")
+log.info("an info line")
+log.warning("a warning line")
+log.error("an error line")
+logging.getLogger("thirdparty").warning("a library's warning")
+"""
+
+
+def _child_stderr(journal: str | None) -> list[str]:
+    """Run JOURNAL_CHILD with stderr on a real pipe, JOURNAL_STREAM naming it (or not)."""
+    read, write = os.pipe()
+    st = os.fstat(write)
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    if journal == "this pipe":
+        env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    elif journal is not None:
+        env["JOURNAL_STREAM"] = journal
+    with os.fdopen(read) as out:
+        child = subprocess.Popen([sys.executable, "-c", JOURNAL_CHILD], stderr=write, env=env)
+        os.close(write)
+        lines = out.read().splitlines()
+    assert child.wait(30) == 0
+    return lines
+
+
+def test_on_the_journals_stream_each_json_line_carries_its_syslog_priority() -> None:
+    lines = _child_stderr("this pipe")
+    assert [line[:3] for line in lines] == ["<6>", "<4>", "<3>", "<4>"]
+    bodies = [json.loads(line[3:]) for line in lines]
+    assert [b["event"] for b in bodies] == [
+        "an info line", "a warning line", "an error line", "a library's warning"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("journal", [None, "1:2"])
+def test_a_pipe_or_file_that_is_not_the_journal_gets_plain_json(journal: str | None) -> None:
+    lines = _child_stderr(journal)
+    assert len(lines) == 4 and all(json.loads(line)["level"] for line in lines)
