@@ -282,6 +282,7 @@ def _register_commands() -> None:
     from edge.cli.gpu import build, doctor
     from edge.cli.line import camera, listen, record, replay
     from edge.cli.ops import install_service, keygen, reload
+    from edge.cli.plant import report_command, store_command
     from edge.cli.train import train
 
     for command in (camera, record, replay, listen, bench, build, doctor, reload, keygen):
@@ -291,6 +292,8 @@ def _register_commands() -> None:
     app.command("eval")(eval_command)
     app.command("tune")(tune_command)
     app.add_typer(bridge_app, name="bridge")
+    app.command("store")(store_command)
+    app.command("report")(report_command)
     app.command()(version)
 
 
