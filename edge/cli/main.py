@@ -284,6 +284,7 @@ def _register_commands() -> None:
     from edge.cli.ops import install_service, keygen, reload
     from edge.cli.plant import report_command, store_command
     from edge.cli.train import train
+    from edge.cli.view import view
 
     for command in (camera, record, replay, listen, bench, build, doctor, reload, keygen):
         app.command()(command)
@@ -294,6 +295,7 @@ def _register_commands() -> None:
     app.add_typer(bridge_app, name="bridge")
     app.command("store")(store_command)
     app.command("report")(report_command)
+    app.command()(view)
     app.command()(version)
 
 
