@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from typer.testing import CliRunner
 from edge.cli.main import app
 from edge.line.camera import FramePublisher
 from edge.protocol import rle
-from edge.tools.view.app import Hub, _Client
+from edge.tools.view.app import Hub, _Client, _page
 from edge.tools.view.render import MAX_CONTOURS, mask_contours
 from edge.tools.view.state import (
     COIL_POINTS,
@@ -165,6 +167,15 @@ def test_a_browser_that_stops_reading_is_let_go_and_the_others_are_not() -> None
     assert slow.queue.get_nowait() is None  # its stream ends at once
 
 
+def test_the_page_needs_no_internet() -> None:
+    page = _page()
+    # The SVG namespace is a name, never fetched; nothing else may point off this server.
+    outside = re.findall(r"https?://[^\s\"'`)]+", page.replace("http://www.w3.org/2000/svg", ""))
+    assert outside == []
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", page)  # all inline
+    assert '"#E69F00"' in page  # the palette went in
+
+
 # -- the CLI ------------------------------------------------------------------------------------
 
 
@@ -294,6 +305,11 @@ def test_the_page_shows_strips_outlines_counts_and_a_lost_daemon(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # Read-only: nothing but GET.
+    post = urllib.request.Request(f"http://127.0.0.1:{line['web']}/events", b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(post, timeout=5)
+    assert refused.value.code == 405
     browser.get(f"http://127.0.0.1:{line['web']}/")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "link").text == "live")
     for seq in range(3):
