@@ -95,7 +95,7 @@ def store_command(
     try:
         stop.wait()
     finally:
-        subscriber.stop()
+        subscriber.stop(drain_s=drain_s)  # what reached the socket is kept too
         unsaved = sink.stop(drain_s)
         store.close()
     typer.echo(

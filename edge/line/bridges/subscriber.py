@@ -11,6 +11,7 @@ ZeroMQ reconnects on its own, with the backoff set below, whenever the daemon go
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -106,12 +107,25 @@ class EventSubscriber:
         self._thread.start()
         return self
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0, *, drain_s: float = 0.0) -> int:
+        """Stop the thread; with ``drain_s``, first hand the sink what ZeroMQ already holds.
+
+        A store must not lose silently the events that had reached its socket when it was
+        told to stop: those are read (for ``drain_s`` at most) before the socket closes.
+        Returns how many messages were drained.
+        """
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        drained = 0
+        if drain_s > 0 and not self._thread.is_alive():
+            deadline = time.monotonic() + drain_s
+            while time.monotonic() < deadline and self._socket.poll(0):
+                self.handle(self._socket.recv_multipart())
+                drained += 1
         self._socket.close()
         self._context.term()
+        return drained
 
     def _run(self) -> None:
         log.info("bridge subscribed", source=self.source)
