@@ -440,6 +440,18 @@ def test_the_buffer_is_bounded_in_bytes_too_and_its_losses_are_recorded(tmp_path
     store.close()
 
 
+@contextmanager
+def sqlite_locked(path: Path) -> Iterator[None]:
+    """Another writer holds the file: the store's writes fail (busy) until this ends."""
+    blocker = sqlite3.connect(path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
 def test_sqlite_locked_by_another_writer_then_free_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -448,15 +460,10 @@ def test_sqlite_locked_by_another_writer_then_free_loses_nothing(
     with running(str(path)) as sink:
         feed(sink, [("event/cam1", result(0))])
         settle(sink)
-        blocker = sqlite3.connect(path, timeout=0)
-        blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the file: writes fail (busy)
-        try:
+        with sqlite_locked(path):
             feed(sink, [("event/cam1", result(s)) for s in range(1, 4)])
             wait_until(lambda: not sink.database_ok.is_set(), 10, "the writer to fail")
             assert sink.written == 1
-        finally:
-            blocker.rollback()
-            blocker.close()
         settle(sink)
         assert (sink.written, sink.lost) == (4, 0)
         assert [e[2] for e in rows(sink)[0]] == [0, 1, 2, 3]
@@ -470,15 +477,10 @@ def test_stopping_while_the_database_is_away_counts_what_was_not_written(
     with running(str(path)) as sink:
         feed(sink, [("event/cam1", result(0))])
         settle(sink)
-        blocker = sqlite3.connect(path, timeout=0)
-        blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the file: writes fail (busy)
-        try:
+        with sqlite_locked(path):
             feed(sink, [("event/cam1", result(s)) for s in range(1, 4)])
             wait_until(lambda: not sink.database_ok.is_set(), 10, "the writer to fail")
             unsaved = sink.stop(0.5)
-        finally:
-            blocker.rollback()
-            blocker.close()
         assert (unsaved, sink.lost, sink.written) == (3, 3, 1)
 
 
