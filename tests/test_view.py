@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -193,8 +194,6 @@ def test_bad_options_are_refused_with_what_was_wrong(args: list[str], message: s
 
 
 def test_a_taken_port_is_named() -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -365,10 +364,13 @@ def test_the_page_shows_strips_outlines_counts_and_a_lost_daemon(
         assert at(x + w / 2, y + h / 2) < 65  # the dark patch: the camera's own pixels
         assert 100 < at(x - 60, y + h / 2) < 160  # the mid-grey strip beside it
 
-    # Counts move as strips come.
+    # Counts move as strips come, while another "browser" is connected and never reads.
+    stalled = socket.create_connection(("127.0.0.1", line["web"]), timeout=5)
+    stalled.sendall(b"GET /events HTTP/1.1\r\nHost: edge\r\n\r\n")
     for seq in (3, 4):
         send(line["camera"], seq)
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "count-results").text == "5")
+    stalled.close()
     assert browser.find_element(By.ID, "count-defective").text == "3"
     assert len(browser.find_elements(By.CSS_SELECTOR, "#coilmap .coil-defect")) == 5
 
