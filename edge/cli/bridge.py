@@ -1,4 +1,5 @@
-"""``edge bridge modbus|opcua``: serve the daemon's events to PLCs (needs the ``plc`` extra)."""
+"""``edge bridge modbus|opcua``: serve the daemon's events to PLCs (needs the ``plc`` extra);
+``edge bridge mqtt``: publish them to an MQTT broker (needs the ``mqtt`` extra)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from edge.daemon.config import ConfigError
 
 bridge_app = typer.Typer(
     help="Serve the daemon's defect events to PLCs over Modbus TCP or OPC UA "
-    "(needs the plc extra: pip install 'edge\\[plc]'; register map in docs/plc.md).",
+    "(needs the plc extra: pip install 'edge\\[plc]'; register map in docs/plc.md), "
+    "or publish them to an MQTT broker (needs the mqtt extra).",
     no_args_is_help=True,
 )
 
@@ -190,3 +192,123 @@ def opcua_command(
             "curve_client_key": curve_client_key,
         },
     )
+
+
+@bridge_app.command("mqtt")
+def mqtt_command(
+    source: Source = None,
+    broker: Annotated[
+        str,
+        typer.Option(
+            "--broker", "-b", help="mqtt://host[:port] (default port 1883) or mqtts:// (TLS, 8883)."
+        ),
+    ] = "mqtt://127.0.0.1:1883",
+    topic: Annotated[
+        str,
+        typer.Option(help="Topic template; placeholders {daemon}, {camera}, {kind}."),
+    ] = "edge/{daemon}/{camera}/{kind}",
+    qos: Annotated[int, typer.Option(min=0, max=2, help="MQTT QoS of every message.")] = 1,
+    client_id: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT client id, unique per broker (default edge-bridge-<host name>); also names "
+            "the bridge's own topics edge/bridge/<client id>/online and .../dropped."
+        ),
+    ] = None,
+    username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGE_MQTT_PASSWORD",
+            help="Broker password; better from EDGE_MQTT_PASSWORD (not visible in ps).",
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(help="mqtts://: CA certificate file (default: the system's CAs)."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="mqtts://: client certificate (PEM), for brokers that ask.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="mqtts://: the client certificate's key.")
+    ] = None,
+    buffer: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="QoS 1/2 messages the broker has not acknowledged yet, at most: in flight, or "
+            "held while it is away. Past it new events are dropped and counted on "
+            "edge/bridge/<client id>/dropped.",
+        ),
+    ] = 10_000,
+    no_masks: Annotated[
+        bool,
+        typer.Option("--no-masks", help="Leave out each defect's mask_rle and crop jpeg."),
+    ] = False,
+    daemon: Annotated[
+        str, typer.Option(help="{daemon} until the daemon's first status names it.")
+    ] = "edge",
+    reconnect_min: Annotated[
+        float, typer.Option(min=0.01, help="First delay (s) before reconnecting; it doubles.")
+    ] = 1.0,
+    reconnect_max: Annotated[
+        float, typer.Option(min=0.01, help="Longest delay (s) between reconnect attempts.")
+    ] = 30.0,
+    curve_server_key: CurveServerKey = None,
+    curve_client_key: CurveClientKey = None,
+) -> None:
+    """Publish every event as JSON to an MQTT broker (topics and payload: docs/integration.md)."""
+    if importlib.util.find_spec("paho") is None or importlib.util.find_spec("paho.mqtt") is None:
+        raise fail("paho-mqtt is not installed: pip install 'edge[mqtt]'")
+    from edge.line.bridges.mqtt import MqttOptions, MqttSink, default_client_id
+    from edge.line.bridges.mqtt_json import parse_broker_url
+    from edge.line.bridges.subscriber import EventSubscriber
+    from edge.logs import configure
+    from edge.protocol.curve import SecurityError
+
+    curve = curve_pair(curve_server_key, curve_client_key)
+    try:
+        options = MqttOptions(
+            broker=parse_broker_url(broker),
+            topic=topic,
+            qos=qos,
+            client_id=client_id or default_client_id(),
+            username=username,
+            password=password,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            buffer=buffer,
+            masks=not no_masks,
+            daemon=daemon,
+            reconnect_min_s=reconnect_min,
+            reconnect_max_s=reconnect_max,
+        )
+    except ValueError as err:
+        raise fail(str(err)) from None
+    configure()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        sink = MqttSink(options)
+    except (ValueError, OSError) as err:  # e.g. an unreadable TLS file
+        raise fail(f"cannot set up the MQTT client: {err}") from None
+    if password is not None and not options.broker.tls:
+        typer.echo("warning: the password goes to the broker unencrypted (use mqtts://)", err=True)
+    sink.start()
+    try:
+        subscriber = EventSubscriber(
+            source or "tcp://127.0.0.1:5556", sink, curve=curve, name="mqtt-subscriber"
+        ).start()
+    except (ValueError, SecurityError) as err:
+        sink.stop(timeout_s=1.0)
+        raise fail(str(err)) from None
+    typer.echo(f"edge bridge mqtt: {subscriber.source} -> {options.broker}", err=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        subscriber.stop()
+        sink.stop()
