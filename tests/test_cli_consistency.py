@@ -117,7 +117,9 @@ def test_bridge_dash_c_reads_the_config_file(bridge: str, tmp_path: Path) -> Non
 
 # -- CURVE options and errors of the clients --
 
-CURVE_CLIENTS = ("listen", "camera", "replay", *(f"bridge {b}" for b in BRIDGES))
+# The plant's subscribers: no config file, the same CURVE options and errors.
+PLANT_CLIENTS = ("bridge mqtt", "store", "view")
+CURVE_CLIENTS = ("listen", "camera", "replay", *(f"bridge {b}" for b in BRIDGES), *PLANT_CLIENTS)
 
 
 @pytest.mark.parametrize("long", ["--curve-server-key", "--curve-client-key"])
@@ -132,6 +134,18 @@ def test_every_client_has_the_same_curve_options(long: str) -> None:
         ), path
         assert mine.type_descriptor.annotation is reference.type_descriptor.annotation, path
         assert mine.default is None, path
+
+
+@pytest.mark.parametrize("client", PLANT_CLIENTS)
+@pytest.mark.parametrize("given", ["--curve-server-key", "--curve-client-key"])
+def test_one_curve_key_alone_is_the_same_error_for_the_plant_clients(
+    client: str, given: str
+) -> None:
+    extra = ["--broker", "mqtt://127.0.0.1:1"] if client == "bridge mqtt" else []
+    extra += ["--db", "sqlite:///:memory:"] if client == "store" else []
+    result = invoke(*client.split(), *extra, given, "some.key")
+    assert result.exit_code == 2, result.output
+    assert CURVE_NEEDS_BOTH in flat(result.output)
 
 
 @pytest.mark.parametrize("bridge", BRIDGES)
