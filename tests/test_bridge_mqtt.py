@@ -542,3 +542,10 @@ def test_cli_without_paho_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
     result = CliRunner().invoke(app, ["bridge", "mqtt"], prog_name="edge")
     assert result.exit_code == 2
     assert "paho-mqtt is not installed: pip install 'edge[mqtt]'" in result.output
+
+
+def test_events_lost_before_the_bridge_are_counted_with_its_own_drops() -> None:
+    sink = MqttSink(MqttOptions(parse_broker_url("mqtt://127.0.0.1:1"), client_id="t"))
+    sink.lost_on_the_way(3, "lost between the daemon and edge bridge mqtt")
+    stats = sink.stats()
+    assert stats["dropped"] == 3 and stats["reasons"] == {"lost_before_bridge": 3}

@@ -504,3 +504,15 @@ def test_retention_deletes_old_events_and_their_defects_only(db_url: str) -> Non
         wait_until(lambda: sink.retained == 1, 10, "retention at start")
         got, left = rows(sink)
         assert [e[2] for e in got] == [3] and [d[1] for d in left] == [3]
+
+
+def test_events_lost_before_the_store_are_recorded_as_losses(tmp_path: Path) -> None:
+    why = "lost between the daemon and edge store (ZeroMQ: a queue overflowed)"
+    with running(str(tmp_path / "d.db")) as sink:
+        feed(sink, [("event/cam1", result(0))])
+        sink.lost_on_the_way(3, why)
+        settle(sink)
+        with sink.store.engine.connect() as connection:
+            got = connection.execute(select(store_losses.c.events, store_losses.c.reason)).all()
+        assert (sink.lost, sink.written) == (3, 1)
+    assert [tuple(row) for row in got] == [(3, why)]

@@ -300,7 +300,7 @@ def mqtt_command(
     sink.start()
     try:
         subscriber = EventSubscriber(
-            source or "tcp://127.0.0.1:5556", sink, curve=curve, name="mqtt-subscriber"
+            source or "tcp://127.0.0.1:5556", sink, curve=curve, name="edge bridge mqtt"
         ).start()
     except (ValueError, SecurityError) as err:
         sink.stop(timeout_s=1.0)

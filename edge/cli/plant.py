@@ -86,7 +86,7 @@ def store_command(
         signal.signal(sig, lambda *_: stop.set())
     sink = StoreSink(store, max_buffer=max_buffer, retention_days=retention_days).start()
     try:
-        subscriber = EventSubscriber(source, sink, curve=curve, name="store-subscriber").start()
+        subscriber = EventSubscriber(source, sink, curve=curve, name="edge store").start()
     except (ValueError, SecurityError) as err:
         sink.stop(drain_s)
         store.close()

@@ -234,6 +234,13 @@ class MqttSink:
         with self._lock:
             self.invalid_count += 1
 
+    def lost_on_the_way(self, count: int, reason: str) -> None:
+        """Events lost before they reached the bridge (the subscriber core's TransitLoss):
+        counted with the others, so ``.../dropped`` tells the whole loss."""
+        with self._lock:
+            self.dropped["lost_before_bridge"] += count
+        self._wake.set()
+
     def _event(self, topic: str, payload: bytes, kind: str) -> None:
         info = self._publish(topic, payload, retain=False)
         if info.rc == mqtt.MQTT_ERR_SUCCESS:

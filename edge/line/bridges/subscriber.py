@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import structlog
 import zmq
 
+from edge.line.bridges.loss import TransitLoss
 from edge.line.bridges.state import BridgeState, DefectNotice
 from edge.protocol import EVENT_TOPIC_PREFIX, STATUS_TOPIC_PREFIX, ProtocolError, parse_event
 
@@ -42,6 +43,13 @@ class EventSink(Protocol):
 
     def invalid(self, reason: str) -> None:
         """A message that is not a v1 event, or one ``take`` refused (counted, never fatal)."""
+
+
+class LossAware(Protocol):
+    """A sink that also keeps account of events lost before they reached it (optional)."""
+
+    def lost_on_the_way(self, count: int, reason: str) -> None:
+        """``count`` more events the daemon published never arrived here (``TransitLoss``)."""
 
 
 class PlcSink:
@@ -76,6 +84,11 @@ class EventSubscriber:
         self.source = source
         self.sink = sink
         self.curve = curve
+        self.name = name
+        # The PLC sinks' BridgeState runs its own LossCheck, per camera slot; the others are
+        # told here, if they can keep account (a ``lost_on_the_way`` method: LossAware).
+        self._lost: Callable[[int, str], None] | None = getattr(sink, "lost_on_the_way", None)
+        self._transit = TransitLoss() if callable(self._lost) else None
         self._stop = threading.Event()
         self._context = zmq.Context()
         self._socket = self._connect()  # in the caller's thread: a bad endpoint fails start-up
@@ -158,6 +171,18 @@ class EventSubscriber:
             log.warning(
                 "bridge ignored a malformed event", topic=topic, error=repr(err), throttle=True
             )
+        self._account(body)
+
+    def _account(self, body: dict[str, Any]) -> None:
+        """Arrived, whatever the sink made of it: LossCheck counts what never came."""
+        if self._transit is None or self._lost is None:
+            return
+        found = self._transit.take(body)
+        if found:
+            why = f"lost between the daemon and {self.name} (ZeroMQ: a queue overflowed)"
+            log.error("events lost on the way from the daemon", subscriber=self.name,
+                      events=found, lost_total=self._transit.lost, throttle="transit-loss")  # fmt: skip
+            self._lost(found, why)
 
 
 class Subscriber(EventSubscriber):

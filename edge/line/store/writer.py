@@ -97,6 +97,11 @@ class StoreSink:
     def invalid(self, reason: str) -> None:
         self._put(invalid_record(reason, datetime.now(UTC), self.daemon))
 
+    def lost_on_the_way(self, count: int, reason: str) -> None:
+        """Events lost before they reached the store (the subscriber core's TransitLoss):
+        counted, logged and written to ``store_losses`` like the store's own."""
+        self._lose(count, reason)
+
     def _put(self, record: Record) -> None:
         size = record.size
         with self._lock:
