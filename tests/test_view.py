@@ -125,6 +125,14 @@ def test_a_strip_gets_its_frames_pixels_and_the_coil_map_its_place() -> None:
     assert state.class_counts["c1"] == {"class_id": 1, "strips": 1, "area_px": 24000}
 
 
+def test_a_result_claiming_a_huge_strip_shows_its_numbers_without_decoding_its_masks() -> None:
+    state = ViewState()
+    huge = {**result("cam1", 0, [box_defect(0, 0, 4, 4)]), "shape": [65535, 65535]}
+    state.result(huge)  # decoding would allocate 4 GB
+    (strip,) = state.strips["cam1"]
+    assert strip.defects[0]["contours"] == [] and strip.defects[0]["area_px"] == 16
+
+
 def test_the_banner_names_what_is_wrong() -> None:
     clock = Clock()
     state = ViewState(clock)

@@ -28,11 +28,10 @@ from edge.protocol import (
     ProtocolError,
     parse_frame_parts,
 )
-from edge.tools.view.state import ViewState
+from edge.tools.view.state import VIEW_MAX_PIXELS, ViewState
 
 log = structlog.get_logger("edge.view")
 
-VIEW_MAX_PIXELS: Final = 4 * 256 * 1600
 FRAME_RCVHWM: Final = 64  # the view wants the latest strips, not every one: ZeroMQ sheds the rest
 
 

@@ -26,6 +26,9 @@ FRAMES_PER_CAMERA: Final = 16  # pixels waiting for their result (the daemon's l
 COIL_POINTS: Final = 2000
 RATE_WINDOW_S: Final = 60.0
 STATUS_STALE_S: Final = 5.0
+# The largest strip the view draws (4 Severstal strips): a result claiming more gets its
+# numbers shown but no outlines, as decoding its masks would allocate what the claim says.
+VIEW_MAX_PIXELS: Final = 4 * 256 * 1600
 OTHER: Final = "(other)"
 
 
@@ -140,7 +143,9 @@ class ViewState:
             "score": float(defect["score"]),
             "area_px": int(defect["area_px"]),
             "bbox": _union_bbox(defect.get("components") or []),
-            "contours": mask_contours(str(defect["mask_rle"]), height, width),
+            "contours": mask_contours(str(defect["mask_rle"]), height, width)
+            if 0 < height * width <= VIEW_MAX_PIXELS
+            else [],
         }
 
     def count(self, kind: str, n: int = 1) -> None:
