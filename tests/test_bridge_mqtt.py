@@ -549,3 +549,36 @@ def test_events_lost_before_the_bridge_are_counted_with_its_own_drops() -> None:
     sink.lost_on_the_way(3, "lost between the daemon and edge bridge mqtt")
     stats = sink.stats()
     assert stats["dropped"] == 3 and stats["reasons"] == {"lost_before_bridge": 3}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("qos = 5\n", "qos: Input should be less than or equal to 2"),
+        ("brokr = 'mqtt://x'\n", "brokr: Extra inputs are not permitted"),
+        ("source = 'cam:5556'\n", "source:"),
+    ],
+)
+def test_a_bad_config_file_is_named_with_its_key(tmp_path: Path, text: str, message: str) -> None:
+    from edge.cli.main import app
+
+    config = tmp_path / "mqtt.toml"
+    config.write_text(text)
+    result = CliRunner().invoke(app, ["bridge", "mqtt", "-c", str(config)])
+    assert result.exit_code == 2, result.output
+    assert f"error: {config}: " in result.output and message in " ".join(result.output.split())
+
+
+def test_the_config_file_gives_options_and_flags_win(tmp_path: Path) -> None:
+    from edge.line.bridges.config import load_mqtt_config
+
+    config = tmp_path / "mqtt.toml"
+    config.write_text(
+        "broker = 'mqtts://broker:8883'\nusername = 'line7'\npassword = 's3cret'\n"
+        "tls_ca = 'ca.pem'\nqos = 2\nmasks = false\n"
+    )
+    cfg = load_mqtt_config(config, qos=0)
+    assert (cfg.broker, cfg.username, cfg.password, cfg.qos, cfg.masks) == (
+        "mqtts://broker:8883", "line7", "s3cret", 0, False
+    )  # fmt: skip
+    assert cfg.tls_ca == tmp_path / "ca.pem"  # relative to the file

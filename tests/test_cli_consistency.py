@@ -97,7 +97,7 @@ def test_every_short_flag_means_one_option_across_all_commands() -> None:
 
 
 def test_dash_c_is_the_config_file_everywhere_and_the_bridges_camera_has_none() -> None:
-    for path in ("run", *(f"bridge {b}" for b in BRIDGES)):
+    for path in ("run", *(f"bridge {b}" for b in BRIDGES), "bridge mqtt"):
         assert "-c" in option(path, "--config").opts, path
     for bridge in BRIDGES:
         camera = option(f"bridge {bridge}", "--camera")

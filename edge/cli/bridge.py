@@ -198,16 +198,24 @@ def opcua_command(
 def mqtt_command(
     source: Source = None,
     broker: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--broker", "-b", help="mqtt://host[:port] (default port 1883) or mqtts:// (TLS, 8883)."
+            "--broker",
+            "-b",
+            help="mqtt://host[:port] (default port 1883) or mqtts:// (TLS, 8883). "
+            "(default mqtt://127.0.0.1:1883)",
         ),
-    ] = "mqtt://127.0.0.1:1883",
+    ] = None,
     topic: Annotated[
-        str,
-        typer.Option(help="Topic template; placeholders {daemon}, {camera}, {kind}."),
-    ] = "edge/{daemon}/{camera}/{kind}",
-    qos: Annotated[int, typer.Option(min=0, max=2, help="MQTT QoS of every message.")] = 1,
+        str | None,
+        typer.Option(
+            help="Topic template; placeholders {daemon}, {camera}, {kind}. "
+            "(default edge/{daemon}/{camera}/{kind})"
+        ),
+    ] = None,
+    qos: Annotated[
+        int | None, typer.Option(min=0, max=2, help="MQTT QoS of every message (default 1).")
+    ] = None,
     client_id: Annotated[
         str | None,
         typer.Option(
@@ -220,7 +228,8 @@ def mqtt_command(
         str | None,
         typer.Option(
             envvar="EDGE_MQTT_PASSWORD",
-            help="Broker password; better from EDGE_MQTT_PASSWORD (not visible in ps).",
+            help="Broker password; better from EDGE_MQTT_PASSWORD or the config file (not "
+            "visible in ps).",
         ),
     ] = None,
     tls_ca: Annotated[
@@ -234,58 +243,71 @@ def mqtt_command(
         Path | None, typer.Option(help="mqtts://: the client certificate's key.")
     ] = None,
     buffer: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="QoS 1/2 messages the broker has not acknowledged yet, at most: in flight, or "
             "held while it is away. Past it new events are dropped and counted on "
-            "edge/bridge/<client id>/dropped.",
+            "edge/bridge/<client id>/dropped. (default 10000)",
         ),
-    ] = 10_000,
+    ] = None,
     no_masks: Annotated[
         bool,
         typer.Option("--no-masks", help="Leave out each defect's mask_rle and crop jpeg."),
     ] = False,
     daemon: Annotated[
-        str, typer.Option(help="{daemon} until the daemon's first status names it.")
-    ] = "edge",
+        str | None,
+        typer.Option(help="{daemon} until the daemon's first status names it (default edge)."),
+    ] = None,
     reconnect_min: Annotated[
-        float, typer.Option(min=0.01, help="First delay (s) before reconnecting; it doubles.")
-    ] = 1.0,
+        float | None,
+        typer.Option(min=0.01, help="First delay (s) before reconnecting; it doubles (default 1)."),
+    ] = None,
     reconnect_max: Annotated[
-        float, typer.Option(min=0.01, help="Longest delay (s) between reconnect attempts.")
-    ] = 30.0,
+        float | None,
+        typer.Option(min=0.01, help="Longest delay (s) between reconnect attempts (default 30)."),
+    ] = None,
+    config: ConfigFile = None,
     curve_server_key: CurveServerKey = None,
     curve_client_key: CurveClientKey = None,
 ) -> None:
     """Publish every event as JSON to an MQTT broker (topics and payload: docs/integration.md)."""
     if importlib.util.find_spec("paho") is None or importlib.util.find_spec("paho.mqtt") is None:
         raise fail("paho-mqtt is not installed: pip install 'edge[mqtt]'")
+    from edge.line.bridges.config import load_mqtt_config
     from edge.line.bridges.mqtt import MqttOptions, MqttSink, default_client_id
     from edge.line.bridges.mqtt_json import parse_broker_url
     from edge.line.bridges.subscriber import EventSubscriber
     from edge.logs import configure
     from edge.protocol.curve import SecurityError
 
-    curve = curve_pair(curve_server_key, curve_client_key)
+    if config is None:
+        curve_pair(curve_server_key, curve_client_key)  # the same message as every client
     try:
+        cfg = load_mqtt_config(
+            config, source=source, broker=broker, topic=topic, qos=qos, client_id=client_id,
+            username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert,
+            tls_key=tls_key, buffer=buffer, masks=False if no_masks else None, daemon=daemon,
+            reconnect_min_s=reconnect_min, reconnect_max_s=reconnect_max,
+            curve_server_key=curve_server_key, curve_client_key=curve_client_key,
+        )  # fmt: skip
         options = MqttOptions(
-            broker=parse_broker_url(broker),
-            topic=topic,
-            qos=qos,
-            client_id=client_id or default_client_id(),
-            username=username,
-            password=password,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            buffer=buffer,
-            masks=not no_masks,
-            daemon=daemon,
-            reconnect_min_s=reconnect_min,
-            reconnect_max_s=reconnect_max,
+            broker=parse_broker_url(cfg.broker),
+            topic=cfg.topic,
+            qos=cfg.qos,
+            client_id=cfg.client_id or default_client_id(),
+            username=cfg.username,
+            password=cfg.password,
+            tls_ca=cfg.tls_ca,
+            tls_cert=cfg.tls_cert,
+            tls_key=cfg.tls_key,
+            buffer=cfg.buffer,
+            masks=cfg.masks,
+            daemon=cfg.daemon,
+            reconnect_min_s=cfg.reconnect_min_s,
+            reconnect_max_s=cfg.reconnect_max_s,
         )
-    except ValueError as err:
+    except (ConfigError, ValueError) as err:
         raise fail(str(err)) from None
     configure()
     stop = threading.Event()
@@ -295,12 +317,12 @@ def mqtt_command(
         sink = MqttSink(options)
     except (ValueError, OSError) as err:  # e.g. an unreadable TLS file
         raise fail(f"cannot set up the MQTT client: {err}") from None
-    if password is not None and not options.broker.tls:
+    if options.password is not None and not options.broker.tls:
         typer.echo("warning: the password goes to the broker unencrypted (use mqtts://)", err=True)
     sink.start()
     try:
         subscriber = EventSubscriber(
-            source or "tcp://127.0.0.1:5556", sink, curve=curve, name="edge bridge mqtt"
+            cfg.source, sink, curve=cfg.curve, name="edge bridge mqtt"
         ).start()
     except (ValueError, SecurityError) as err:
         sink.stop(timeout_s=1.0)

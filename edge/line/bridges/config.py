@@ -89,3 +89,56 @@ class BridgeConfig(BaseModel):
 def load_bridge_config(path: Path | None = None, **overrides: Any) -> BridgeConfig:
     """Read ``path`` (TOML) if given, apply non-None overrides, validate."""
     return load_validated(BridgeConfig, path, _PATH_KEYS, overrides)
+
+
+_MQTT_PATH_KEYS = (*_PATH_KEYS, "tls_ca", "tls_cert", "tls_key")
+
+
+class MqttBridgeConfig(BaseModel):
+    """``edge bridge mqtt``'s options: a TOML file (``-c``), then flags over it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field("tcp://127.0.0.1:5556", description="the daemon's --publish endpoint")
+    broker: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host[:port] or mqtts://")
+    topic: str = Field("edge/{daemon}/{camera}/{kind}", description="the topic template")
+    qos: int = Field(1, ge=0, le=2, description="MQTT QoS of every message")
+    client_id: str | None = Field(None, description="default edge-bridge-<host name>")
+    username: str | None = None
+    # In the file (readable by the service's user only), or EDGE_MQTT_PASSWORD: not a flag.
+    password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    buffer: int = Field(10_000, ge=1, description="unacknowledged QoS 1/2 messages, at most")
+    masks: bool = Field(True, description="false: leave out mask_rle and crop jpeg")
+    daemon: str = Field("edge", description="{daemon} until the first status names it")
+    reconnect_min_s: float = Field(1.0, ge=0.01)
+    reconnect_max_s: float = Field(30.0, ge=0.01)
+    curve_server_key: Path | None = None
+    curve_client_key: Path | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return check_endpoint(value, bind=False)
+
+    @model_validator(mode="after")
+    def _curve(self) -> MqttBridgeConfig:
+        if (self.curve_server_key is None) != (self.curve_client_key is None):
+            raise ValueError(
+                "CURVE needs both curve_server_key and curve_client_key (in the file or as "
+                "--curve-server-key and --curve-client-key), or neither"
+            )
+        return self
+
+    @property
+    def curve(self) -> tuple[Path, Path] | None:
+        if self.curve_server_key is None or self.curve_client_key is None:
+            return None
+        return self.curve_server_key, self.curve_client_key
+
+
+def load_mqtt_config(path: Path | None = None, **overrides: Any) -> MqttBridgeConfig:
+    """Read ``path`` (TOML) if given, apply non-None overrides, validate."""
+    return load_validated(MqttBridgeConfig, path, _MQTT_PATH_KEYS, overrides)
