@@ -59,15 +59,33 @@ def install_service(
         typer.Option(help="The edge executable the unit runs. (default: this installation's)"),
     ] = None,
     user: Annotated[str, typer.Option(help="System user the daemon runs as.")] = "edge",
-    force: Annotated[bool, typer.Option(help="Overwrite an existing edge.toml.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Overwrite an existing edge.toml (and mqtt.toml).")
+    ] = False,
+    plant: Annotated[
+        bool,
+        typer.Option(
+            "--plant",
+            help="Also the units of edge store, edge bridge mqtt and edge view (edge-store, "
+            "edge-mqtt, edge-view) and an example /etc/edge/mqtt.toml.",
+        ),
+    ] = False,
 ) -> None:
     """Write the systemd unit and an example /etc/edge/edge.toml (kept if it exists)."""
     from edge.tools.service import default_exec, install
 
-    done = install(root, exec_start=exec_start or default_exec(), user=user, force=force)
+    executable = exec_start or default_exec()
+    done = install(root, exec_start=executable, user=user, force=force)
     typer.echo(f"wrote {done.unit}")
     typer.echo(f"{'wrote' if done.config_written else 'kept existing'} {done.config}")
+    units = "edge"
+    if plant:
+        from edge.tools.plant_units import install_plant
+
+        for path, written in install_plant(root, exec_start=executable, user=user, force=force):
+            typer.echo(f"{'wrote' if written else 'kept existing'} {path}")
+        units = "edge edge-store edge-mqtt edge-view"
     typer.echo(
         f"next: useradd --system --no-create-home {user}; edit {done.config}; "
-        "systemctl daemon-reload && systemctl enable --now edge"
+        f"systemctl daemon-reload && systemctl enable --now {units}"
     )
