@@ -23,13 +23,17 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from edge.daemon.config import Config, shipped_models
-from edge.line.bridges.config import BridgeConfig
+from edge.line.bridges.config import BridgeConfig, MqttBridgeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Which configuration each document describes; None: not one of these (docs/models.md is about
 # a model's config.toml, whose keys and defaults are another schema's).
-SCHEMAS: dict[str, type[BaseModel] | None] = {"docs/plc.md": BridgeConfig, "docs/models.md": None}
+SCHEMAS: dict[str, type[BaseModel] | None] = {
+    "docs/plc.md": BridgeConfig,
+    "docs/models.md": None,
+    "docs/integration.md": MqttBridgeConfig,  # its TOML example is edge bridge mqtt -c
+}
 TOML_FILES = ["systemd/edge.toml"]  # whole files that are config examples
 # A default the docs give in words: the phrase, and the value it means.
 PHRASES: dict[str, Any] = {
