@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.tools.service import DEFAULT_EXEC, DEFAULT_USER
+from edge.tools.service import DEFAULT_EXEC, DEFAULT_USER, SANDBOX
 
 MQTT_CONFIG = "/etc/edge/mqtt.toml"
 
@@ -34,31 +34,10 @@ Group={user}
 Environment=PYTHONUNBUFFERED=1
 """
 
-_HARDENING = """\
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-CapabilityBoundingSet=
-AmbientCapabilities=
-UMask=0027
-
-[Install]
-WantedBy=multi-user.target
-"""
+_HARDENING = (
+    "NoNewPrivileges=yes\nProtectSystem=strict\nProtectHome=yes\nPrivateTmp=yes\n"
+    "PrivateDevices=yes\n" + SANDBOX + "\n[Install]\nWantedBy=multi-user.target\n"
+)
 
 UNITS: dict[str, tuple[str, str, str]] = {
     # name: (title, the edge command and its options, what the unit adds)

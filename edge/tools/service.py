@@ -16,7 +16,28 @@ DEFAULT_EXEC = "/opt/edge/.venv/bin/edge"
 DEFAULT_CONFIG = "/etc/edge/edge.toml"
 DEFAULT_USER = "edge"
 
-UNIT_TEMPLATE = """\
+# The sandbox every edge unit shares (the daemon's, and the plant subscribers' in
+# edge.tools.plant_units): no kernel, clock or namespace changes, no capabilities.
+SANDBOX = """\
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+CapabilityBoundingSet=
+AmbientCapabilities=
+UMask=0027
+"""
+
+UNIT_TEMPLATE = (
+    """\
 # edge: the steel-strip inspection daemon as a systemd service.
 # Install: edge install-service (see docs/operations.md), then
 #   systemctl daemon-reload && systemctl enable --now edge
@@ -67,21 +88,9 @@ CacheDirectory=edge
 CacheDirectoryMode=0750
 # With rebuild_stale = true the daemon rebuilds stale TensorRT engines in its engine folder,
 # which must then be writable too, e.g.: ReadWritePaths=/run/edge /var/lib/edge/engines
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-CapabilityBoundingSet=
-AmbientCapabilities=
-UMask=0027
+"""
+    + SANDBOX
+    + """\
 # No MemoryDenyWriteExecute: CUDA, TensorRT and ONNX Runtime generate code at run time.
 # Devices: nothing but the basics and the NVIDIA GPU (harmless where there is none).
 DevicePolicy=closed
@@ -96,6 +105,7 @@ LimitNOFILE=65536
 [Install]
 WantedBy=multi-user.target
 """
+)
 
 EXAMPLE_CONFIG = """\
 # /etc/edge/edge.toml: the daemon's configuration (keys are the `edge run` options with
