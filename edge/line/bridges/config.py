@@ -13,10 +13,39 @@ from edge.settings import load_validated
 _PATH_KEYS = ("curve_server_key", "curve_client_key")
 
 
-class BridgeConfig(BaseModel):
+class _SubscriberConfig(BaseModel):
+    """What every subscriber of the daemon's events is configured with: where, and CURVE."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str = Field("tcp://127.0.0.1:5556", description="the daemon's --publish endpoint")
+    curve_server_key: Path | None = None
+    curve_client_key: Path | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return check_endpoint(value, bind=False)
+
+    @model_validator(mode="after")
+    def _curve_pair(self) -> _SubscriberConfig:
+        if (self.curve_server_key is None) != (self.curve_client_key is None):
+            raise ValueError(
+                "CURVE needs both curve_server_key and curve_client_key (in the file or as "
+                "--curve-server-key and --curve-client-key), or neither"
+            )
+        return self
+
+    @property
+    def curve(self) -> tuple[Path, Path] | None:
+        if self.curve_server_key is None or self.curve_client_key is None:
+            return None
+        return self.curve_server_key, self.curve_client_key
+
+
+class BridgeConfig(_SubscriberConfig):
+    """``edge bridge modbus|opcua``'s options."""
+
     cameras: list[str] = Field(
         default_factory=list,
         description="camera ids in slot order; empty: slots in the order cameras are first seen",
@@ -31,13 +60,6 @@ class BridgeConfig(BaseModel):
     )
     listen: str = Field("127.0.0.1:5020", description="Modbus TCP host:port to listen on")
     endpoint: str = Field("opc.tcp://127.0.0.1:4840/edge", description="OPC UA endpoint URL")
-    curve_server_key: Path | None = None
-    curve_client_key: Path | None = None
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        return check_endpoint(value, bind=False)
 
     @field_validator("listen")
     @classmethod
@@ -67,23 +89,12 @@ class BridgeConfig(BaseModel):
     def _fits(self) -> BridgeConfig:
         if len(self.cameras) > self.max_cameras:
             raise ValueError(f"{len(self.cameras)} cameras but max_cameras is {self.max_cameras}")
-        if (self.curve_server_key is None) != (self.curve_client_key is None):
-            raise ValueError(
-                "CURVE needs both curve_server_key and curve_client_key (in the file or as "
-                "--curve-server-key and --curve-client-key), or neither"
-            )
         return self
 
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
-
-    @property
-    def curve(self) -> tuple[Path, Path] | None:
-        if self.curve_server_key is None or self.curve_client_key is None:
-            return None
-        return self.curve_server_key, self.curve_client_key
 
 
 def load_bridge_config(path: Path | None = None, **overrides: Any) -> BridgeConfig:
@@ -94,12 +105,9 @@ def load_bridge_config(path: Path | None = None, **overrides: Any) -> BridgeConf
 _MQTT_PATH_KEYS = (*_PATH_KEYS, "tls_ca", "tls_cert", "tls_key")
 
 
-class MqttBridgeConfig(BaseModel):
+class MqttBridgeConfig(_SubscriberConfig):
     """``edge bridge mqtt``'s options: a TOML file (``-c``), then flags over it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    source: str = Field("tcp://127.0.0.1:5556", description="the daemon's --publish endpoint")
     broker: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host[:port] or mqtts://")
     topic: str = Field("edge/{daemon}/{camera}/{kind}", description="the topic template")
     qos: int = Field(1, ge=0, le=2, description="MQTT QoS of every message")
@@ -115,28 +123,6 @@ class MqttBridgeConfig(BaseModel):
     daemon: str = Field("edge", description="{daemon} until the first status names it")
     reconnect_min_s: float = Field(1.0, ge=0.01)
     reconnect_max_s: float = Field(30.0, ge=0.01)
-    curve_server_key: Path | None = None
-    curve_client_key: Path | None = None
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        return check_endpoint(value, bind=False)
-
-    @model_validator(mode="after")
-    def _curve(self) -> MqttBridgeConfig:
-        if (self.curve_server_key is None) != (self.curve_client_key is None):
-            raise ValueError(
-                "CURVE needs both curve_server_key and curve_client_key (in the file or as "
-                "--curve-server-key and --curve-client-key), or neither"
-            )
-        return self
-
-    @property
-    def curve(self) -> tuple[Path, Path] | None:
-        if self.curve_server_key is None or self.curve_client_key is None:
-            return None
-        return self.curve_server_key, self.curve_client_key
 
 
 def load_mqtt_config(path: Path | None = None, **overrides: Any) -> MqttBridgeConfig:
