@@ -44,10 +44,14 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 class Clock:
-    def __init__(self) -> None:
+    """A clock tests move by hand; with ``tick``, each reading moves it on by that much."""
+
+    def __init__(self, tick: float = 0.0) -> None:
         self.now = 1000.0
+        self.tick = tick
 
     def __call__(self) -> float:
+        self.now += self.tick
         return self.now
 
 
@@ -85,7 +89,7 @@ def test_outlines_are_bounded_and_a_bad_rle_gives_none() -> None:
 
 
 def test_every_collection_stays_bounded_whatever_is_fed() -> None:
-    state = ViewState()
+    state = ViewState(Clock(tick=1.0))  # every strip due to be drawn
     # 4 x 4 strips, each with a 2 x 2 defect: many events, little arithmetic per event.
     tiny = {**box_defect(0, 0, 2, 2), "mask_rle": "1 2 5 2"}
 
@@ -108,7 +112,7 @@ def test_every_collection_stays_bounded_whatever_is_fed() -> None:
 
 
 def test_a_strip_gets_its_frames_pixels_and_the_coil_map_its_place() -> None:
-    state = ViewState()
+    state = ViewState(Clock(tick=1.0))
     state.frame("cam1", 7, np.full((256, 1600), 99, np.uint8))
     meta = {"coil_id": "C1", "position_mm": 1000.0, "strip_length_mm": 160.0}
     state.result(result("cam1", 7, [box_defect(300, 40, 400, 60)], meta))
@@ -131,6 +135,29 @@ def test_a_result_claiming_a_huge_strip_shows_its_numbers_without_decoding_its_m
     state.result(huge)  # decoding would allocate 4 GB
     (strip,) = state.strips["cam1"]
     assert strip.defects[0]["contours"] == [] and strip.defects[0]["area_px"] == 16
+
+
+def test_a_busy_camera_is_drawn_so_often_defects_sooner_and_every_strip_counted() -> None:
+    clock = Clock()
+    state = ViewState(clock)
+    messages: list[dict[str, Any]] = []
+    state.listen(messages.append)
+    for seq in range(10):  # 10 clean strips at once: the first is drawn
+        state.result(result("cam1", seq))
+    clock.now += 0.1
+    state.result(result("cam1", 10, [box_defect(0, 0, 4, 4)]))  # a defect: drawn after 0.1 s
+    state.result(result("cam1", 11, [box_defect(8, 0, 4, 4)]))  # at once again: counted only
+    clock.now += 0.3
+    state.result(result("cam1", 12))  # clean, 0.3 s after the last drawn: not yet
+    clock.now += 0.2
+    state.result(result("cam1", 13))  # 0.5 s: drawn
+    assert [s.seq for s in state.strips["cam1"]] == [13, 10, 0]
+    assert state.totals["results"] == 14 and state.totals["defective"] == 2
+    assert len(state.coil) == 2 and state.class_counts["c1"]["strips"] == 2
+    assert [m["type"] for m in messages] == ["strip", "strip", "coil", "strip"]
+    assert state.frame_due("cam1") is False
+    clock.now += 0.1
+    assert state.frame_due("cam1") is True
 
 
 def test_the_banner_names_what_is_wrong() -> None:
@@ -326,9 +353,9 @@ def test_the_page_shows_strips_outlines_counts_and_a_lost_daemon(
     assert refused.value.code == 405
     browser.get(f"http://127.0.0.1:{line['web']}/")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "link").text == "live")
-    for seq in range(3):
+    for seq in range(3):  # 0.6 s apart: each is drawn (DRAW_EVERY_S)
         send(line["camera"], seq)
-        time.sleep(0.15)
+        time.sleep(0.6)
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "count-results").text == "3")
     cameras = browser.find_elements(By.CSS_SELECTOR, ".camera")
     assert [c.get_attribute("data-camera") for c in cameras] == ["cam1"]
@@ -384,6 +411,7 @@ def test_the_page_shows_strips_outlines_counts_and_a_lost_daemon(
     stalled.sendall(b"GET /events HTTP/1.1\r\nHost: edge\r\n\r\n")
     for seq in (3, 4):
         send(line["camera"], seq)
+        time.sleep(0.6)
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "count-results").text == "5")
     stalled.close()
     assert browser.find_element(By.ID, "count-defective").text == "3"

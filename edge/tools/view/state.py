@@ -29,6 +29,11 @@ STATUS_STALE_S: Final = 5.0
 # The largest strip the view draws (4 Severstal strips): a result claiming more gets its
 # numbers shown but no outlines, as decoding its masks would allocate what the claim says.
 VIEW_MAX_PIXELS: Final = 4 * 256 * 1600
+# An operator cannot watch a line's ~156 strips/s per camera, and drawing one (its JPEG, its
+# outlines) costs milliseconds (tens for a noisy strip of 4 classes): a camera's strips are drawn
+# at most this often, a defective one sooner. Every strip is counted and on the coil map.
+DRAW_EVERY_S: Final = 0.5
+DRAW_DEFECTIVE_EVERY_S: Final = 0.1
 OTHER: Final = "(other)"
 
 
@@ -84,6 +89,7 @@ class ViewState:
         self.totals = {"results": 0, "defective": 0, "rejects": 0, "drops": 0, "missing": 0}
         self.invalid = 0
         self._rates = {kind: _Rates() for kind in ("rejects", "drops", "missing")}
+        self._drawn_at: dict[str, float] = {}  # camera (bounded as strips are) -> last drawn
         self.last_status: float | None = None
         self.daemon: str | None = None
         self.sources_lost: dict[str, float] = {}
@@ -111,12 +117,33 @@ class ViewState:
             while len(frames) > FRAMES_PER_CAMERA:
                 frames.popitem(last=False)
 
+    def frame_due(self, camera: str) -> bool:
+        """Whether an encoded frame of ``camera`` is worth decoding now (see DRAW_EVERY_S)."""
+        with self._lock:
+            last = self._drawn_at.get(self._camera(camera))
+        return last is None or self._clock() - last >= DRAW_DEFECTIVE_EVERY_S
+
+    def _due(self, camera: str, defective: bool) -> bool:
+        now = self._clock()
+        with self._lock:
+            key = self._camera(camera)
+            last = self._drawn_at.get(key)
+            due = last is None or now - last >= (
+                DRAW_DEFECTIVE_EVERY_S if defective else DRAW_EVERY_S
+            )
+            if due:
+                self._drawn_at[key] = now
+            return due
+
     def result(self, body: dict[str, Any]) -> None:
         camera, seq = str(body["camera"]), int(body["seq"])
         height, width = (int(v) for v in body["shape"][:2])
-        defects = [self._defect_view(d, height, width) for d in body["defects"]]
-        with self._lock:
-            pixels = self._frames.get(camera, {}).pop(seq, None)
+        draw = self._due(camera, bool(body["defects"]))
+        defects = [self._defect_view(d, height, width, draw) for d in body["defects"]]
+        pixels = None
+        if draw:
+            with self._lock:
+                pixels = self._frames.get(camera, {}).pop(seq, None)
         image = strip_jpeg(pixels) if pixels is not None else None
         strip = StripView(camera, seq, width, height, defects, image, self._clock())
         place = read_place(body.get("meta", {}))
@@ -130,13 +157,21 @@ class ViewState:
                 counts["strips"] += 1
                 counts["area_px"] += d["area_px"]
             self.coil.extend(points)
-            key = self._camera(camera)
-            self.strips.setdefault(key, deque(maxlen=STRIPS_PER_CAMERA)).appendleft(strip)
-        message = {"type": "strip", "strip": strip.summary(), "coil": points}
+            if draw:
+                key = self._camera(camera)
+                self.strips.setdefault(key, deque(maxlen=STRIPS_PER_CAMERA)).appendleft(strip)
+        if draw:
+            message = {"type": "strip", "strip": strip.summary(), "coil": points}
+        elif points:
+            message = {"type": "coil", "coil": points}
+        else:
+            return
         for listener in self._listeners:
             listener(message)
 
-    def _defect_view(self, defect: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+    def _defect_view(
+        self, defect: dict[str, Any], height: int, width: int, outline: bool
+    ) -> dict[str, Any]:
         return {
             "class_id": int(defect["class_id"]),
             "name": str(defect["name"]),
@@ -144,7 +179,7 @@ class ViewState:
             "area_px": int(defect["area_px"]),
             "bbox": _union_bbox(defect.get("components") or []),
             "contours": mask_contours(str(defect["mask_rle"]), height, width)
-            if 0 < height * width <= VIEW_MAX_PIXELS
+            if outline and 0 < height * width <= VIEW_MAX_PIXELS
             else [],
         }
 
