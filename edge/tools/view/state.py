@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from edge.line.store.records import union_bbox
 from edge.protocol.linemeta import read_place
 from edge.tools.view.render import mask_contours, strip_jpeg
 
@@ -31,7 +32,8 @@ STATUS_STALE_S: Final = 5.0
 VIEW_MAX_PIXELS: Final = 4 * 256 * 1600
 # An operator cannot watch a line's ~156 strips/s per camera, and drawing one (its JPEG, its
 # outlines) costs milliseconds (tens for a noisy strip of 4 classes): a camera's strips are drawn
-# at most this often, a defective one sooner. Every strip is counted and on the coil map.
+# at most this often, a defective one sooner, and only frames that could be drawn are decoded
+# and kept. Every strip is counted and on the coil map.
 DRAW_EVERY_S: Final = 0.5
 DRAW_DEFECTIVE_EVERY_S: Final = 0.1
 OTHER: Final = "(other)"
@@ -118,7 +120,8 @@ class ViewState:
                 frames.popitem(last=False)
 
     def frame_due(self, camera: str) -> bool:
-        """Whether an encoded frame of ``camera`` is worth decoding now (see DRAW_EVERY_S)."""
+        """Whether a frame of ``camera`` is worth decoding and keeping now: its strip could be
+        drawn (DRAW_DEFECTIVE_EVERY_S since the last drawn; see DRAW_EVERY_S)."""
         with self._lock:
             last = self._drawn_at.get(self._camera(camera))
         return last is None or self._clock() - last >= DRAW_DEFECTIVE_EVERY_S
@@ -177,7 +180,7 @@ class ViewState:
             "name": str(defect["name"]),
             "score": float(defect["score"]),
             "area_px": int(defect["area_px"]),
-            "bbox": _union_bbox(defect.get("components") or []),
+            "bbox": union_bbox(defect.get("components") or []),
             "contours": mask_contours(str(defect["mask_rle"]), height, width)
             if outline and 0 < height * width <= VIEW_MAX_PIXELS
             else [],
@@ -225,14 +228,21 @@ class ViewState:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the page shows, for a browser that has just connected."""
+        stats = self.stats()
+        with self._lock:
+            cameras = {c: [s.summary() for s in strips] for c, strips in self.strips.items()}
+            coil = list(self.coil)
+        keys = ("daemon", "classes", "totals", "rates_per_min", "invalid", "problems")
+        return {"type": "snapshot", "cameras": cameras, "coil": coil, **{k: stats[k] for k in keys}}
+
+    def stats(self) -> dict[str, Any]:
+        """The counts, rates and problems alone: sent to every browser each second."""
         problems = self.problems()
         now = self._clock()
         with self._lock:
             return {
-                "type": "snapshot",
+                "type": "stats",
                 "daemon": self.daemon,
-                "cameras": {c: [s.summary() for s in strips] for c, strips in self.strips.items()},
-                "coil": list(self.coil),
                 "classes": {k: dict(v) for k, v in self.class_counts.items()},
                 "totals": dict(self.totals),
                 "rates_per_min": {k: round(r.per_minute(now), 2) for k, r in self._rates.items()},
@@ -240,29 +250,12 @@ class ViewState:
                 "problems": problems,
             }
 
-    def stats(self) -> dict[str, Any]:
-        """The counts, rates and problems alone: sent to every browser each second."""
-        snapshot = self.snapshot()
-        keys = ("daemon", "classes", "totals", "rates_per_min", "invalid", "problems")
-        return {"type": "stats", **{k: snapshot[k] for k in keys}}
-
     def image(self, camera: str, seq: int) -> bytes | None:
         with self._lock:
             for strip in self.strips.get(camera, ()):
                 if strip.seq == seq:
                     return strip.image
         return None
-
-
-def _union_bbox(components: list[dict[str, Any]]) -> list[int] | None:
-    boxes = [c["bbox"] for c in components if "bbox" in c]
-    if not boxes:
-        return None
-    x0 = min(b[0] for b in boxes)
-    y0 = min(b[1] for b in boxes)
-    x1 = max(b[0] + b[2] for b in boxes)
-    y1 = max(b[1] + b[3] for b in boxes)
-    return [x0, y0, x1 - x0, y1 - y0]
 
 
 def _coil_point(place: Any, strip: StripView, defect: dict[str, Any]) -> dict[str, Any]:
