@@ -132,8 +132,8 @@ class FrameSubscriber:
                                                  for p in parts])  # fmt: skip
             if header.height * header.width > VIEW_MAX_PIXELS:
                 return  # shown from its event alone: the view keeps strips, not posters
-            if header.encoding != "raw" and not self.state.frame_due(header.camera):
-                return  # decoding costs milliseconds: only for a strip that may be drawn
+            if not self.state.frame_due(header.camera):
+                return  # decoding (or copying) only for a strip that may be drawn
             pixels = decode_pixels(header, payload)
         except ProtocolError as err:
             log.info("view skipped a frame it cannot show", reason=str(err), throttle=True)
