@@ -181,7 +181,7 @@ def memory_bound(
     tickets = workers * TICKETS_PER_WORKER + SPARE_TICKETS
     batch = max(config.max_batch * area, pixels)  # B
     maps = tiles * area * FLOAT * classes
-    crops = bool(getattr(config, "publish_crops", False))
+    crops = bool(config.publish_crops)
     return MemoryBound(
         received=connections * (config.rcvhwm + 1) * per_message,
         decoding=4 * per_message + DECODE_BYTES * padded + DECODE_FIXED,
