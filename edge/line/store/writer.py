@@ -83,8 +83,11 @@ class StoreSink:
 
     def take(self, topic: str, body: dict[str, Any]) -> None:
         if topic.startswith(STATUS_TOPIC_PREFIX) and body.get("kind") == "status":
-            if isinstance(body.get("daemon"), str):
-                self.daemon = body["daemon"]  # periodic; not stored, names the events' daemon
+            daemon = body.get("daemon")
+            if isinstance(daemon, str):  # periodic; not stored, names the events' daemon
+                if daemon != self.daemon:  # the first, or a new daemon: worth a line
+                    log.info("store hears the daemon", daemon=daemon)
+                self.daemon = daemon
             return
         record = event_record(body, datetime.now(UTC), self.daemon)
         if record.problems:  # stored all the same, without the unusable keys' columns
