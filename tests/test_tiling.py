@@ -195,6 +195,31 @@ def test_strip_smaller_than_tile_both_ways() -> None:
 # -- Stitcher ------------------------------------------------------------------------------------
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(257, 2400), st.sampled_from([64, 256]), st.integers(1, 4), st.data())
+def test_stitcher_row_of_uint8_tiles_is_the_rounded_mean_of_what_covers_each_pixel(
+    width: int, tile: int, classes: int, data
+) -> None:
+    """A run of neighbouring tiles across a band (the segmented tiles of a strip), stitched
+    by the one-copy row path, against the definition: round-half-up mean per pixel."""
+    windows = tile_grid(tile, width, tile, tile)
+    first = data.draw(st.integers(0, len(windows) - 1))
+    last = data.draw(st.integers(first, len(windows) - 1))
+    run = windows[first : last + 1]
+    x0, x1 = run[0].x, run[-1].x + run[-1].w
+    rng = np.random.default_rng(width * tile + classes)
+    maps = rng.integers(0, 256, (len(run), classes, tile, tile), dtype=np.uint8)
+    stitcher = Stitcher(classes, tile, width, window=Window(0, x0, tile, x1 - x0))
+    total = np.zeros((classes, tile, x1 - x0), np.int64)
+    count = np.zeros((tile, x1 - x0), np.int64)
+    for window, probs in zip(run, maps, strict=True):
+        stitcher.add(window, probs)
+        total[:, :, window.x - x0 : window.x - x0 + tile] += probs
+        count[:, window.x - x0 : window.x - x0 + tile] += 1
+    expected = (2 * total + count) // (2 * count)
+    np.testing.assert_array_equal(stitcher.band(), expected.astype(np.uint8))
+
+
 def test_stitcher_averages_overlaps() -> None:
     stitcher = Stitcher(channels=2, height=1, width=5)
     stitcher.add(Window(0, 0, 1, 3), np.array([[[1.0, 1.0, 1.0]], [[0.2, 0.2, 0.2]]]))
@@ -285,3 +310,13 @@ def test_overlap_and_covers_much_of() -> None:
     assert a.covers_much_of(inside) and inside.covers_much_of(a)
     assert a.overlap(Window(0, 300, 10, 10)) == 0
     assert a.covers_much_of(a)
+
+
+def test_nominal_segmented_runs_take_the_one_copy_row_path() -> None:
+    from edge.vision.tiling import _row_step
+
+    windows = tile_grid(256, 1600, 256, 256)
+    band = Window(0, windows[2].x, 256, windows[5].x + 256 - windows[2].x)
+    at = [(Window(0, w.x - band.x, 256, 256), None) for w in windows[2:6]]
+    assert _row_step(at, band) == 224
+    assert _row_step(at[::-1], band) is None  # out of order: the general path

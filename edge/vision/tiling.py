@@ -6,6 +6,7 @@ Tiles overlap evenly so they cover the strip exactly (no padding on a 256x1600 s
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,6 +160,9 @@ class Stitcher:
             return tiles[0][1]
         dtype = tiles[0][1].dtype if tiles else np.dtype(np.float32)
         shape = (self.shape[0], w.h, w.w)
+        step = _row_step(tiles, w)
+        if step is not None and np.issubdtype(dtype, np.integer):
+            return _stitch_row(tiles, step, shape, dtype)
         # Columns of full-height tiles that leave no gap: every pixel is written below.
         out = np.empty(shape, dtype) if _fills(tiles, w) else np.zeros(shape, dtype)
         for at, probs in tiles:
@@ -177,6 +181,44 @@ class Stitcher:
         # Outside the window nothing was added: 0.
         out[:, w.y : w.y + w.h, w.x : w.x + w.w] = band
         return out
+
+
+def _row_step(tiles: list[tuple[Window, np.ndarray]], window: Window) -> int | None:
+    """The step between tiles that lie left to right in one full-height row, evenly spaced,
+    of one width, from the window's first column to its last, each overlapping only its
+    neighbours (a segmented run of a 256 x 1600 strip's tiles); None for any other layout."""
+    if len(tiles) < 2:
+        return None
+    width = tiles[0][0].w
+    step = tiles[1][0].x - tiles[0][0].x
+    if step <= 0 or 2 * step < width or step > width:
+        return None
+    for n, (at, _) in enumerate(tiles):
+        if at.y != 0 or at.h != window.h or at.w != width or at.x != n * step:
+            return None
+    return step if tiles[-1][0].x + width == window.w else None
+
+
+def _stitch_row(
+    tiles: list[tuple[Window, np.ndarray]], step: int, shape: tuple[int, ...], dtype: np.dtype
+) -> np.ndarray:
+    """``band`` for a ``_row_step`` layout of integer maps: each tile's own columns copied
+    once, each overlap the rounded mean of its two tiles (as ``_mean_over``), written once."""
+    out = np.empty(shape, dtype)
+    width = tiles[0][0].w
+    shared = width - step
+    last = len(tiles) - 1
+    for n, (at, probs) in enumerate(tiles):
+        lo, hi = (shared if n else 0), (step if n < last else width)
+        out[:, :, at.x + lo : at.x + hi] = probs[:, :, lo:hi]
+    if shared:
+        total = np.empty((*shape[:2], shared), np.uint16)
+        for (_, left), (at, right) in itertools.pairwise(tiles):
+            np.add(left[:, :, step:], right[:, :, :shared], out=total, dtype=np.uint16)
+            total += 1
+            total >>= 1
+            out[:, :, at.x : at.x + shared] = total
+    return out
 
 
 def _fills(tiles: list[tuple[Window, np.ndarray]], window: Window) -> bool:
