@@ -73,6 +73,27 @@ def test_a_batch_that_reached_its_budget_does_not_wait_for_more() -> None:
     assert time.monotonic() - start < 1.0
 
 
+def test_a_filling_batch_is_woken_only_once_it_is_full() -> None:
+    """Each wake-up costs a context switch: a put that leaves the batch short wakes nobody."""
+    q: WorkQueue[int] = WorkQueue(10)
+    wakes = []
+    notify_all = q._cond.notify_all
+    q._cond.notify_all = lambda: (wakes.append(len(q)), notify_all())  # type: ignore[method-assign]
+    q.put(1)
+    taken: list[list[int]] = []
+    consumer = threading.Thread(target=lambda: taken.append(q.get_batch(3, max_wait_s=5.0)))
+    consumer.start()
+    while q._filling is None:  # the consumer is waiting for its batch to fill
+        time.sleep(0.001)
+    start = time.monotonic()
+    q.put(2)
+    assert wakes == [1]  # the first item's put only: the batch is not full yet
+    q.put(3)
+    consumer.join(timeout=2.0)
+    assert taken == [[1, 2, 3]] and time.monotonic() - start < 2.0  # woken when full
+    assert wakes[:2] == [1, 3]
+
+
 # -- deadlines (max_latency_ms): items are (name, due) on a fake clock --------------------------
 
 
