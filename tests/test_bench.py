@@ -248,6 +248,12 @@ def test_host_mode_measures_the_daemon_on_null_models(tiny_repo: Path, tmp_path:
             run["cpu_s"] * 1000 / run["results"], rel=0.01
         )
         assert run["threads_by_name"], run
+        receiver = run["threads_by_name"]["receiver"]
+        # The receiver waits in libzmq between frames: it is switched out, and counted.
+        assert receiver["switches"] > 0
+        assert receiver["switches_per_strip"] == pytest.approx(
+            receiver["switches"] / run["results"], abs=0.01
+        )
     # The verdicts went through the real daemon: none defective, then every one.
     assert host["clean"]["defective_results"] == 0 and host["clean"]["gate_pass_share"] == 0
     defective = host["defective"]

@@ -27,7 +27,13 @@ from edge.tools.bench.e2e import E2ESettings, daemon_options, offer, run_e2e
 from edge.tools.bench.e2e_processes import start_line
 from edge.tools.bench.e2e_results import Step, shed
 from edge.tools.bench.null_models import Verdict, write_null_repository
-from edge.tools.bench.stats import gate_counts, gate_pass_share, process_cpu_s, thread_cpu_s
+from edge.tools.bench.stats import (
+    ThreadUse,
+    gate_counts,
+    gate_pass_share,
+    process_cpu_s,
+    thread_cpu_s,
+)
 from edge.tools.bench.summary import TARGETS
 from edge.tools.bench.workload import StripPool
 from edge.vision.cascade import Cascade
@@ -71,17 +77,20 @@ def _gate(models: Path, pool: StripPool, max_batch: int) -> tuple[float | None, 
 
 
 def _per_name(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], results: int
+    before: dict[int, ThreadUse], after: dict[int, ThreadUse], results: int
 ) -> dict[str, dict[str, Any]]:
-    """CPU over the window per OS thread name (threads of one name summed), most first."""
+    """CPU and context switches over the window per OS thread name (threads of one name
+    summed), most CPU first."""
     names: dict[str, dict[str, Any]] = {}
-    for tid, (comm, seconds) in after.items():
-        used = seconds - before.get(tid, (comm, 0.0))[1]
-        entry = names.setdefault(comm, {"threads": 0, "cpu_s": 0.0})
+    for tid, use in after.items():
+        start = before.get(tid, ThreadUse(use.comm, 0.0, 0))
+        entry = names.setdefault(use.comm, {"threads": 0, "cpu_s": 0.0, "switches": 0})
         entry["threads"] += 1
-        entry["cpu_s"] += used
+        entry["cpu_s"] += use.cpu_s - start.cpu_s
+        entry["switches"] += use.switches - start.switches
     for entry in names.values():
         entry["cpu_ms_per_strip"] = round(entry["cpu_s"] * 1000 / results, 4) if results else None
+        entry["switches_per_strip"] = round(entry["switches"] / results, 2) if results else None
         entry["cpu_s"] = round(entry["cpu_s"], 3)
     return dict(sorted(names.items(), key=lambda item: -item[1]["cpu_s"]))
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -185,17 +185,31 @@ def process_cpu_s(pid: int) -> float | None:
     return _stat_cpu_s(Path(f"/proc/{pid}/stat"))
 
 
-def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
-    """Per thread of a process: its OS name (``comm``) and the CPU seconds it has used."""
+class ThreadUse(NamedTuple):
+    comm: str  # the thread's OS name
+    cpu_s: float  # user + system so far
+    switches: int  # context switches so far, voluntary (it waited) and not (preempted)
+
+
+def thread_cpu_s(pid: int) -> dict[int, ThreadUse]:
+    """Per thread of a process: its OS name, the CPU seconds it has used and its context
+    switches (on a VM each is a wake-up across vCPUs: for the daemon at a line's rates they,
+    not the work, were most of a clean strip's CPU)."""
     threads = {}
     for task in Path(f"/proc/{pid}/task").glob("*"):
         seconds = _stat_cpu_s(task / "stat")
         try:
             comm = (task / "comm").read_text().strip()
+            status = (task / "status").read_text()
         except OSError:
             continue
+        switches = sum(
+            int(line.split()[1])
+            for line in status.splitlines()
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
+        )
         if seconds is not None:
-            threads[int(task.name)] = (comm, seconds)
+            threads[int(task.name)] = ThreadUse(comm, seconds, switches)
     return threads
 
 
