@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.vision.tiling import Stitcher, Window, cut_tile, tile_grid, tile_row, tile_starts
+from edge.vision.tiling import Stitcher, Window, cut_tile, tile_grid, tile_starts
 
 # -- tile_starts ---------------------------------------------------------------------------------
 
@@ -89,64 +89,6 @@ def test_grid_covers_exactly(
         assert (t.h, t.w) == (min(tile_h, height), min(tile_w, width))
         covered[t.y : t.y + t.h, t.x : t.x + t.w] += 1
     assert (covered >= 1).all()
-
-
-# -- tile_row ------------------------------------------------------------------------------------
-
-
-def test_tile_row_is_one_view_of_a_nominal_strip() -> None:
-    strip = np.random.default_rng(0).integers(0, 256, (256, 1600), dtype=np.uint8)
-    tiles = tile_grid(256, 1600, 256, 256)
-    row = tile_row(strip, tiles, 256, 256)
-    assert row is not None and row.shape == (7, 256, 256)
-    assert np.shares_memory(row, strip)  # a view: the batch's one copy is the only one
-    for n, tile in enumerate(tiles):
-        np.testing.assert_array_equal(row[n], cut_tile(strip, tile, 256, 256))
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    st.integers(1, 700),
-    st.integers(1, 2000),
-    st.sampled_from([64, 128, 256]),
-    st.integers(0, 3),
-    st.integers(0, 9),
-    st.sampled_from([None, 1, 3]),
-    st.data(),
-)
-def test_tile_row_equals_cut_tile_or_declines(
-    height: int, width: int, tile: int, rows: int, columns: int, channels: int | None, data
-) -> None:
-    """Whatever subset of a strip's windows: the same pixels as cutting them one by one, or
-    None where a view cannot give them (padding, uneven steps, several rows)."""
-    shape = (height, width) if channels is None else (height, width, channels)
-    strip = np.random.default_rng(height * width).integers(0, 256, shape, dtype=np.uint8)
-    tiles = tile_grid(height, width, tile, tile, rows, columns)
-    start = data.draw(st.integers(0, len(tiles) - 1))
-    stop = data.draw(st.integers(start + 1, len(tiles)))
-    chosen = tiles[start:stop]
-    row = tile_row(strip, chosen, tile, tile)
-    fits = height >= tile and width >= tile
-    if row is None:
-        steps = {b.x - a.x for a, b in itertools.pairwise(chosen)}
-        one_band = len({t.y for t in chosen}) == 1
-        assert not (fits and one_band and len(steps) <= 1), "a view was possible"
-        return
-    assert fits
-    for n, window in enumerate(chosen):
-        np.testing.assert_array_equal(row[n], cut_tile(strip, window, tile, tile))
-
-
-def test_tile_row_declines_uneven_windows() -> None:
-    strip = np.zeros((256, 1600), np.uint8)
-    uneven = [Window(0, 0, 256, 256), Window(0, 100, 256, 256), Window(0, 300, 256, 256)]
-    assert tile_row(strip, uneven, 256, 256) is None
-    two_rows = [Window(0, 0, 256, 256), Window(10, 256, 256, 256)]
-    assert tile_row(strip, two_rows, 256, 256) is None
-    # Windows that would reach past the strip (as_strided would read outside it).
-    assert tile_row(strip[:200], [Window(0, 0, 256, 256)], 256, 256) is None
-    assert tile_row(strip, [Window(0, 1400, 256, 256)], 256, 256) is None
-    assert tile_row(strip, [Window(0, 1100, 256, 256), Window(0, 1400, 256, 256)], 256, 256) is None
 
 
 # -- cut_tile ------------------------------------------------------------------------------------

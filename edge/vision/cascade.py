@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +53,8 @@ class Stage:
         size = self.backend.max_batch
         for start in range(0, len(work), size):
             chunk = work[start : start + size]
-            j = 0
-            for i, items in groupby(chunk, key=itemgetter(0)):
-                windows = [window for _, window in items]
-                row = self.inputs.row_for(images[i], windows) if self.fused else None
-                if row is not None:
-                    self.buffer[j : j + len(windows)] = row
-                else:
-                    for n, window in enumerate(windows):
-                        self.put(self.buffer, j + n, self.inputs.pixels_for(images[i], window))
-                j += len(windows)
+            for j, (i, window) in enumerate(chunk):
+                self.put(self.buffer, j, self.inputs.pixels_for(images[i], window))
             yield start, self.backend.infer(self.buffer[: len(chunk)])
 
     def new_batch(self, size: int) -> np.ndarray:

@@ -10,14 +10,12 @@ fused model's outputs as they are or from a raw model's logits on the host.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import cv2
 import numpy as np
 
 from build_engine.graph import PROB_SCALE, GraphIO
 from edge.vision.modelspec import ModelSpec
-from edge.vision.tiling import Window, cut_tile, tile_grid, tile_row
+from edge.vision.tiling import Window, cut_tile, tile_grid
 
 
 def graph_io(spec: ModelSpec) -> GraphIO:
@@ -128,20 +126,6 @@ class InputAdapter:
         else:
             sized = cut_tile(image, window, h, w)
         return self._match_channels(sized)
-
-    def row_for(self, image: np.ndarray, windows: Sequence[Window]) -> np.ndarray | None:
-        """A strip's windows' pixels in one strided view (n x h x w x C uint8), as
-        ``pixels_for`` would give them one by one; None where that needs more than a view
-        (a resize feed, padding, uneven windows, a channel conversion)."""
-        if self.feed.mode == "resize":
-            return None
-        have = 1 if image.ndim == 2 else image.shape[2]
-        if have != self.channels or (have == 3 and self.spec.input.color_order == "bgr"):
-            return None
-        row = tile_row(image, windows, *self.model_hw)
-        if row is None or image.ndim == 3:
-            return row
-        return row[..., None]
 
     def _match_channels(self, pixels: np.ndarray) -> np.ndarray:
         have = 1 if pixels.ndim == 2 else pixels.shape[2]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -64,36 +63,6 @@ def tile_grid(
         for y in tile_starts(height, tile_h, rows)
         for x in tile_starts(width, tile_w, columns)
     ]
-
-
-def tile_row(
-    image: np.ndarray, windows: Sequence[Window], tile_h: int, tile_w: int
-) -> np.ndarray | None:
-    """The windows' pixels as one strided view (n x tile_h x tile_w[ x C]), or None.
-
-    Only for windows of exactly the tile's size side by side in one band of rows, evenly
-    spaced (a 256 x 1600 strip's 7 tiles, every 224 px): a batch then takes a strip's tiles
-    in one copy instead of one per tile. Anything else (padding, uneven starts, several rows)
-    is None: the caller cuts tile by tile.
-    """
-    first = windows[0]
-    if first.h != tile_h or first.w != tile_w:
-        return None
-    step = windows[1].x - first.x if len(windows) > 1 else 0
-    for n, window in enumerate(windows):
-        if (window.y != first.y or window.h != tile_h or window.w != tile_w
-                or window.x != first.x + n * step):  # fmt: skip
-            return None
-    # as_strided trusts its shape: every window must lie inside the strip.
-    last_x = first.x + (len(windows) - 1) * step
-    if first.y < 0 or first.x < 0 or step < 0 or first.y + tile_h > image.shape[0]:
-        return None
-    if last_x + tile_w > image.shape[1]:
-        return None
-    origin = image[first.y : first.y + tile_h, first.x :]
-    shape = (len(windows), tile_h, tile_w, *image.shape[2:])
-    strides = (step * image.strides[1], *image.strides)
-    return np.lib.stride_tricks.as_strided(origin, shape, strides, writeable=False)
 
 
 def cut_tile(image: np.ndarray, tile: Window, tile_h: int, tile_w: int) -> np.ndarray:
