@@ -73,8 +73,8 @@ class Metrics:
         self._cameras: set[str] = set()
         self._lock = threading.Lock()
         # Labelled children by (metric, label values): prometheus_client's labels() takes a
-        # lock and builds a key on every call, a quarter of the receiver's own work per frame
-        # (measured). Bounded as the series are: cameras x reasons or classes.
+        # lock and builds a key on every call (a frame's metrics: 7.1 us with it, 3.4 us
+        # cached, measured). Bounded as the series are: cameras x reasons or classes.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.received = Counter(
             "edge_frames_received", "Frames received per camera", ["camera"], registry=r
