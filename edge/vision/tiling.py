@@ -183,11 +183,19 @@ def _stitch_row(
     if shared:
         total = np.empty((*shape[:2], shared), np.uint16)
         for (_, left), (at, right) in itertools.pairwise(tiles):
-            np.add(left[:, :, step:], right[:, :, :shared], out=total, dtype=np.uint16)
-            total += 1
-            total >>= 1
-            out[:, :, at.x : at.x + shared] = total
+            out[:, :, at.x : at.x + shared] = _rounded_mean(
+                left[:, :, step:], right[:, :, :shared], total
+            )
     return out
+
+
+def _rounded_mean(a: np.ndarray, b: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """(a + b + 1) // 2 of two uint8 maps, pixel by pixel (round half up), into the uint16
+    ``total`` of their shape, which is returned."""
+    np.add(a, b, out=total, dtype=np.uint16)
+    total += 1
+    total >>= 1
+    return total
 
 
 def _fills(tiles: list[tuple[Window, np.ndarray]], window: Window) -> bool:
@@ -233,10 +241,7 @@ def _mean_over(
         b = b[:, region.y - b_at.y : region.y - b_at.y + region.h,
               region.x - b_at.x : region.x - b_at.x + region.w]  # fmt: skip
         if exact:
-            total = np.add(a, b, dtype=np.uint16)
-            total += 1
-            total >>= 1
-            return total.astype(dtype)
+            return _rounded_mean(a, b, np.empty(a.shape, np.uint16)).astype(dtype)
         return (a + b) / 2
     total = np.zeros((tiles[0][1].shape[0], region.h, region.w), np.uint32 if exact else dtype)
     count = np.zeros((region.h, region.w), np.uint32 if exact else dtype)

@@ -32,7 +32,7 @@ from edge.tools.bench.stats import (
     gate_counts,
     gate_pass_share,
     process_cpu_s,
-    thread_cpu_s,
+    thread_use,
 )
 from edge.tools.bench.summary import TARGETS
 from edge.tools.bench.workload import StripPool
@@ -110,10 +110,10 @@ def _cpu_per_strip(
         idle0, idle_wall0 = process_cpu_s(pid), time.monotonic()
         time.sleep(IDLE_S)
         idle1, idle_wall1 = process_cpu_s(pid), time.monotonic()
-        threads0, cpu0, wall0 = thread_cpu_s(pid), process_cpu_s(pid), time.monotonic()
+        threads0, cpu0, wall0 = thread_use(pid), process_cpu_s(pid), time.monotonic()
         # Until every frame of the window is answered (offer drains): all their work is in.
         step = offer(line, snapshot, Step(verdict, rate, settings.duration_s))
-        threads1, cpu1, wall1 = thread_cpu_s(pid), process_cpu_s(pid), time.monotonic()
+        threads1, cpu1, wall1 = thread_use(pid), process_cpu_s(pid), time.monotonic()
     if cpu0 is None or cpu1 is None or idle0 is None or idle1 is None:
         raise RuntimeError(f"could not read the daemon's CPU time from /proc/{pid}/stat")
     fig = step.figures

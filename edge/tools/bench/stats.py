@@ -191,7 +191,7 @@ class ThreadUse(NamedTuple):
     switches: int  # context switches so far, voluntary (it waited) and not (preempted)
 
 
-def thread_cpu_s(pid: int) -> dict[int, ThreadUse]:
+def thread_use(pid: int) -> dict[int, ThreadUse]:
     """Per thread of a process: its OS name, the CPU seconds it has used and its context
     switches (on a VM each is a wake-up across vCPUs: for the daemon at a line's rates they,
     not the work, were most of a clean strip's CPU)."""
