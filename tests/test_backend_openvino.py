@@ -21,12 +21,14 @@ from edge.daemon.config import shipped_models
 from edge.vision.backends import auto, openvino
 from edge.vision.backends.agreement import OPENVINO_MASK_IOU_MIN, SCORE_TOLERANCE, check_fused
 from edge.vision.backends.base import BackendError
+from edge.vision.backends.modelio import fused_model
 from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
 from edge.vision.backends.openvino import OpenVinoBackend, OpenVinoOptions
-from edge.vision.cascade import Stage
+from edge.vision.cascade import Cascade
 from edge.vision.modelspec import ModelFiles, load_repository, resolve_model_dir
 from edge.vision.preprocess import InputAdapter
 from edge.vision.replicas import WorkerPlan, load_replicas
+from edge.vision.stage import Stage
 from tests.plant_models import PLANT_FORMS, write_model_dir
 from tests.test_graph import random_windows, stage_outputs
 from tests.test_real_samples import direct_masks
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 F32 = OpenVinoOptions(precision="f32")
+DEV_MASK_IOU_MIN = 0.97  # bf16 against FP32 on the 25 dev strips (see its test)
 
 
 def has_bf16() -> bool:
@@ -93,6 +96,103 @@ def test_the_shipped_models_in_bf16_stay_within_the_openvino_bar() -> None:
             assert agreement.mask_iou is not None and agreement.mask_iou >= OPENVINO_MASK_IOU_MIN
             assert agreement.max_abs_diff > 0  # bf16 really ran: not the f32 numbers
         candidate.close()
+
+
+def _runtime_precisions(backend: OpenVinoBackend) -> dict[str, str]:
+    """Each op of the compiled model and the precision the plugin runs it in."""
+    ops = backend._compiled.model.get_runtime_model().get_ordered_ops()
+    return {
+        op.get_friendly_name(): op.get_rt_info()["runtimePrecision"].astype(str)
+        for op in ops
+        if "runtimePrecision" in op.get_rt_info()
+    }
+
+
+def test_the_segmenters_stem_runs_in_f32_under_bf16() -> None:
+    if not has_bf16():
+        pytest.skip("this CPU has no bf16 (AMX or AVX-512 BF16): OpenVINO would run f32")
+    models = load_repository(shipped_models())
+    bf16 = OpenVinoOptions(precision="bf16")
+    segmenter = OpenVinoBackend(models["segmenter"], _shape(models["segmenter"]), options=bf16)
+    ran = _runtime_precisions(segmenter)
+    assert ran["/stem/stem.0/Conv/WithoutBiases"] == "f32"  # the first convolution
+    assert ran["/enc1/conv1/Conv/WithoutBiases"] == "bf16"  # the next: the model's own hint
+    assert segmenter.precision == "bf16"
+    # The classifier keeps bf16 throughout: its near-gate scores are rechecked in f32 instead.
+    classifier = OpenVinoBackend(models["classifier"], _shape(models["classifier"]), options=bf16)
+    stem = [name for name in _runtime_precisions(classifier) if name.startswith("/stem/")]
+    assert stem and {_runtime_precisions(classifier)[n] for n in stem} == {"bf16"}
+    segmenter.close()
+    classifier.close()
+
+
+def test_the_stem_is_the_ops_through_the_first_convolution() -> None:
+    files = load_repository(shipped_models())["segmenter"]
+    source, _ = fused_model(files, _shape(files))
+    stem = openvino.stem_ops(openvino.core().read_model(source, b""))
+    assert {"edge_pixels", "/stem/stem.0/Conv/WithoutBiases", "/stem/stem.2/Relu"} <= stem
+    assert "/enc1/conv1/Conv/WithoutBiases" not in stem and "/enc1/Relu" not in stem
+
+
+@pytest.mark.parametrize("make", PLANT_FORMS, ids=lambda f: f.__name__)
+def test_marking_the_stem_changes_no_output_in_f32(make, tmp_path: Path) -> None:
+    """The IR round trip that marks the stem keeps every model form as it was."""
+    files = resolve_model_dir(write_model_dir(tmp_path, make()))
+    source, _ = fused_model(files, _shape(files))
+    ov_core = openvino.core()
+    plain = ov_core.read_model(source, b"")
+    marked = openvino.with_precise_stem(ov_core, ov_core.read_model(source, b""))
+    tile = [d.get_length() for d in plain.input(0).get_partial_shape()[1:]]
+    batch = np.random.default_rng(3).integers(0, 256, (2, *tile), np.uint8)
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    want = ov_core.compile_model(plain, "CPU", config)({0: batch})[0]
+    got = ov_core.compile_model(marked, "CPU", config)({0: batch})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_bf16_classifier_has_an_f32_twin_for_scores_near_a_gate() -> None:
+    if not has_bf16():
+        pytest.skip("this CPU has no bf16 (AMX or AVX-512 BF16): OpenVINO would run f32")
+    bf16 = Cascade.load(
+        shipped_models(), "openvino", max_batch=8, openvino=OpenVinoOptions("CPU", "bf16")
+    )
+    f32 = Cascade.load(shipped_models(), "openvino", max_batch=8, openvino=F32)
+    try:
+        twin = bf16.classifier.precise
+        assert isinstance(twin, OpenVinoBackend) and twin.precision == "f32"
+        assert bf16.segmenter.precise is None  # masks: the stem in f32 instead
+        assert f32.classifier.precise is None  # already FP32
+    finally:
+        bf16.close()
+        f32.close()
+
+
+def test_bf16_finds_fp32s_defects_on_real_strips(severstal: Path) -> None:
+    """The whole cascade in bf16 against FP32 ONNX Runtime on the 25 real dev strips: the same
+    verdict on each, masks IoU >= 0.97 per class. Issue 16's 0.98 is met on the 148 strips of
+    severstal_train (edge bench --mode agreement); the dev sample holds fewer scratch pixels,
+    where one-pixel edge moves weigh more (0.975 here; 0.966 without the f32 stem)."""
+    if not has_bf16():
+        pytest.skip("this CPU has no bf16 (AMX or AVX-512 BF16): OpenVINO would run f32")
+    from edge.tools.bench.agreement import run_agreement
+    from edge.tools.bench.workload import StripPool
+
+    paths = sorted((severstal / "images").iterdir())
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in paths]
+    pool = StripPool(images, [None] * len(images), str(severstal))
+    reference = Cascade.load(shipped_models(), "onnxruntime", max_batch=8, threads=1)
+    candidate = Cascade.load(
+        shipped_models(), "openvino", max_batch=8, openvino=OpenVinoOptions(precision="bf16")
+    )
+    try:
+        report = run_agreement(reference, candidate, pool)
+    finally:
+        reference.close()
+        candidate.close()
+    assert report["candidate"]["segmenter"]["precision"] == "bf16"
+    assert report["same_verdict"] == len(images)
+    measured = {k: v["iou"] for k, v in report["per_class"].items() if v["iou"] is not None}
+    assert len(measured) >= 3 and min(measured.values()) >= DEV_MASK_IOU_MIN, measured
 
 
 def test_auto_precision_is_the_devices_default() -> None:

@@ -208,3 +208,48 @@ def test_each_class_is_kept_only_where_the_classifier_flagged_it(
     # Same classes: the segmenter's "very_dark" and "bright" patches are not confirmed by the
     # classifier and are dropped. Other class lists cannot be matched: every class is kept.
     assert found == ([True, False, False, False] if same_classes else [True, True, True, True])
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1 - p)))
+
+
+def test_scores_near_a_gate_are_taken_from_the_precise_model(tmp_path: Path) -> None:
+    """A reduced-precision classifier's scores within RECHECK_MARGIN of a gate are replaced,
+    window by window, with its FP32 twin's: here two real models that give fixed scores."""
+    from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
+    from edge.vision.stage import RECHECK_MARGIN
+    from edge.vision.modelspec import load_repository
+    from edge.vision.preprocess import InputAdapter
+    from tests.tiny_models import write_tiny_repository
+
+    fast, precise = write_tiny_repository(tmp_path / "fast"), write_tiny_repository(tmp_path / "p")
+    near = 0.5 - RECHECK_MARGIN / 2  # just under the 0.5 gate: within the margin
+    _fixed_classifier(fast / "classifier" / "1" / "model.onnx", [_logit(near), -10, -10, -10])
+    _fixed_classifier(precise / "classifier" / "1" / "model.onnx", [_logit(0.51), -9, -9, -9])
+    cascade = Cascade.load(fast, max_batch=8, threads=1)
+    files = load_repository(precise)["classifier"]
+    twin = OnnxRuntimeBackend(
+        files, InputAdapter(files.spec).sample_shape(), max_batch=8, threads=1, fused=True
+    )
+    strip = np.full((256, 1600), 128, np.uint8)
+
+    assert cascade.classifier.precise is None  # ONNX Runtime runs FP32: no twin of its own
+    _, alone = cascade.classify([strip])
+    np.testing.assert_allclose(alone[:, 0], near, atol=1e-6)
+    assert cascade.run([strip])[0].windows_segmented == 0  # under the gate: nothing segmented
+
+    cascade.classifier.precise = twin
+    _, rechecked = cascade.classify([strip])
+    # Every window had one class near its gate: the whole row is the twin's, every class.
+    np.testing.assert_allclose(rechecked[:, 0], 0.51, atol=1e-6)
+    np.testing.assert_allclose(rechecked[:, 1:], 1 / (1 + np.exp(9)), atol=1e-6)
+    assert cascade.run([strip])[0].windows_segmented == 7  # the twin's verdict decides
+
+    far = 0.5 - 2 * RECHECK_MARGIN  # outside the margin: the fast model's own score stands
+    _fixed_classifier(fast / "classifier" / "1" / "model.onnx", [_logit(far), -10, -10, -10])
+    cascade = Cascade.load(fast, max_batch=8, threads=1)
+    cascade.classifier.precise = twin
+    _, kept = cascade.classify([strip])
+    np.testing.assert_allclose(kept[:, 0], far, atol=1e-6)
+    cascade.close()

@@ -17,9 +17,9 @@ import pytest
 from build_engine.fp16 import convert_to_fp16
 from build_engine.graph import PIXELS, FuseError, fuse
 from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
-from edge.vision.cascade import Stage
 from edge.vision.modelspec import ModelFiles, load_repository, resolve_model_dir
 from edge.vision.preprocess import InputAdapter, graph_io
+from edge.vision.stage import Stage
 from tests.plant_models import PLANT_FORMS, write_model_dir
 
 

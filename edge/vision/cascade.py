@@ -11,75 +11,19 @@ faint pits there. The classifier confirms each class, and ``edge tune`` can rely
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from build_engine.graph import PROB_SCALE
 from edge.vision.backends import auto
-from edge.vision.backends.base import Backend, BackendError
+from edge.vision.backends.base import BackendError
 from edge.vision.backends.openvino import OpenVinoOptions
-from edge.vision.modelspec import ModelFiles, load_repository
-from edge.vision.preprocess import InputAdapter, OutputAdapter
+from edge.vision.modelspec import load_repository
+from edge.vision.preprocess import InputAdapter
+from edge.vision.stage import RECHECK_MARGIN, Stage
 from edge.vision.tiling import Stitcher, Window
-
-
-class Stage:
-    """One model with its adapters and a preallocated input buffer of its max batch.
-
-    A fused backend (``build_engine.graph``) takes uint8 tiles as the strip holds them and
-    returns probabilities; a raw one takes normalised tensors the host makes and returns
-    logits. Either way the stage hands out scores (float32) and uint8 maps.
-    """
-
-    def __init__(self, files: ModelFiles, backend: Backend) -> None:
-        self.files = files
-        self.backend = backend
-        self.fused = bool(getattr(backend, "fused", False))
-        self.inputs = InputAdapter(files.spec, backend.input_dtype)
-        self.outputs = OutputAdapter(files.spec, fused=self.fused)
-        self.buffer = self.new_batch(backend.max_batch)
-
-    @property
-    def spec(self):
-        return self.files.spec
-
-    def run_chunks(
-        self, images: Sequence[np.ndarray], work: Sequence[tuple[int, Window]]
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (offset into work, raw output) for consecutive chunks of at most max batch."""
-        size = self.backend.max_batch
-        for start in range(0, len(work), size):
-            chunk = work[start : start + size]
-            for j, (i, window) in enumerate(chunk):
-                self.put(self.buffer, j, self.inputs.pixels_for(images[i], window))
-            yield start, self.backend.infer(self.buffer[: len(chunk)])
-
-    def new_batch(self, size: int) -> np.ndarray:
-        """A batch buffer of ``size`` inputs, as this stage's backend takes them."""
-        return self.inputs.new_batch(size, fused=self.fused)
-
-    def put(self, batch: np.ndarray, index: int, pixels: np.ndarray) -> None:
-        """A window's h x w x C uint8 pixels into batch[index]: as they are for a fused
-        model (its graph normalises them), normalised into the model's layout for a raw one."""
-        if self.fused:
-            batch[index] = pixels
-        else:
-            self.inputs.write(batch, index, pixels)
-
-    def probability_maps(
-        self, images: Sequence[np.ndarray], work: Sequence[tuple[int, Window]]
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Float32 probabilities at the model's size, chunk by chunk, for tools that study
-        them (``edge eval``, ``edge tune``): a fused model's uint8 maps / 255."""
-        h, w = self.inputs.model_hw
-        for start, raw in self.run_chunks(images, work):
-            if self.fused:
-                yield start, self.outputs.maps(raw, h, w).astype(np.float32) / PROB_SCALE
-            else:
-                yield start, self.outputs.float_maps(raw, h, w)
 
 
 @dataclass(slots=True)
@@ -190,7 +134,10 @@ class Cascade:
                 options=openvino,
                 check=check,
             )
-            stages[role] = Stage(files, runner)
+            precise = None
+            if role == "classifier":
+                precise = auto.precise_twin(runner, files, sample_shape, max_batch, threads)
+            stages[role] = Stage(files, runner, precise)
         cascade = cls(stages["classifier"], stages["segmenter"])
         cascade.self_test()
         return cascade
@@ -212,8 +159,10 @@ class Cascade:
                 ) from exc
 
     def close(self) -> None:
-        self.classifier.backend.close()
-        self.segmenter.backend.close()
+        for stage in (self.classifier, self.segmenter):
+            stage.backend.close()
+            if stage.precise is not None:
+                stage.precise.close()
 
     @property
     def model_ids(self) -> dict[str, str]:
@@ -229,9 +178,18 @@ class Cascade:
             for i, image in enumerate(images)
             for window in self.classifier.inputs.windows(*image.shape[:2])
         ]
-        scores = np.empty((len(work), self.classifier.spec.num_classes), np.float32)
-        for start, raw in self.classifier.run_chunks(images, work):
-            scores[start : start + raw.shape[0]] = self.classifier.outputs.scores(raw)
+        stage = self.classifier
+        scores = np.empty((len(work), stage.spec.num_classes), np.float32)
+        for start, raw in stage.run_chunks(images, work):
+            scores[start : start + raw.shape[0]] = stage.outputs.scores(raw)
+        if stage.precise is not None and work:
+            # A reduced-precision score this close to a gate may fall on the other side of it
+            # than FP32's, and a flipped gate adds or drops a whole tile's defects: those
+            # windows are scored again in FP32 (a few percent of them on real strips).
+            near = np.flatnonzero((np.abs(scores - self.gate) < RECHECK_MARGIN).any(axis=1))
+            again = [work[j] for j in near.tolist()]
+            for start, raw in stage.run_chunks(images, again, stage.precise):
+                scores[near[start : start + raw.shape[0]]] = stage.outputs.scores(raw)
         return work, scores
 
     def segment_work(

@@ -25,8 +25,9 @@ from edge.daemon.sources import read_frame
 from edge.protocol import pack, result_event
 from edge.tools.bench.stats import latency_summary
 from edge.tools.bench.workload import StripPool
-from edge.vision.cascade import Cascade, Stage
+from edge.vision.cascade import Cascade
 from edge.vision.postprocess import defects_from_probs
+from edge.vision.stage import Stage
 from edge.vision.tiling import Stitcher
 
 

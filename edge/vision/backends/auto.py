@@ -10,6 +10,7 @@ the model loads); else ONNX Runtime on the CPU. The reason goes into the log lin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import platform
 import threading
@@ -222,6 +223,26 @@ def create(
             files, sample_shape, max_batch=max_batch, threads=threads, options=options
         )
     return _onnxruntime(files, sample_shape, max_batch, threads, choice.providers, engines, fused)
+
+
+def precise_twin(
+    backend: Backend,
+    files: ModelFiles,
+    sample_shape: tuple[int, ...],
+    max_batch: int,
+    threads: int,
+) -> Backend | None:
+    """The same model in FP32 on the same runtime and device, beside a backend that runs it
+    in reduced precision (OpenVINO bf16 or f16); None where ``backend`` is FP32 already.
+    The cascade takes the scores that lie close to a gate from it."""
+    from edge.vision.backends.openvino import OpenVinoBackend
+
+    if not isinstance(backend, OpenVinoBackend) or backend.precision == "f32":
+        return None
+    options = dataclasses.replace(backend.options, precision="f32")
+    return OpenVinoBackend(
+        files, sample_shape, max_batch=max_batch, threads=threads, options=options
+    )
 
 
 def _onnxruntime(
