@@ -218,9 +218,9 @@ def test_scores_near_a_gate_are_taken_from_the_precise_model(tmp_path: Path) -> 
     """A reduced-precision classifier's scores within RECHECK_MARGIN of a gate are replaced,
     window by window, with its FP32 twin's: here two real models that give fixed scores."""
     from edge.vision.backends.onnxruntime import OnnxRuntimeBackend
-    from edge.vision.stage import RECHECK_MARGIN
     from edge.vision.modelspec import load_repository
     from edge.vision.preprocess import InputAdapter
+    from edge.vision.stage import RECHECK_MARGIN
     from tests.tiny_models import write_tiny_repository
 
     fast, precise = write_tiny_repository(tmp_path / "fast"), write_tiny_repository(tmp_path / "p")

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from edge.vision.backends import auto
 from edge.vision.replicas import (
     MAX_AUTO_WORKERS,
     Replicas,
     load_replicas,
     plan_workers,
     usable_cores,
+    workers_per_core,
 )
 
 
@@ -34,6 +36,19 @@ def test_cpu_plans_fill_the_cores(
     plan = plan_workers(workers, threads, cores=cores, gpu=False)
     assert (plan.workers, plan.threads) == want
     assert plan.reason
+
+
+def test_openvino_on_a_cpu_gets_two_workers_per_core() -> None:
+    plan = plan_workers(0, 0, cores=2, gpu=False, per_core=2)
+    assert (plan.workers, plan.threads) == (4, 1)
+    assert "2 per core" in plan.reason and "OpenVINO" in plan.reason
+    assert plan_workers(0, 0, cores=16, gpu=False, per_core=2).workers == MAX_AUTO_WORKERS
+    assert (plan_workers(3, 0, cores=2, gpu=False, per_core=2).workers) == 3  # as configured
+    cpu = auto.Choice("openvino", (), "requested; on CPU", "CPU")
+    assert workers_per_core(cpu) == 2
+    assert workers_per_core(auto.Choice("openvino", (), "requested; on GPU", "GPU")) == 1
+    ort = auto.Choice("onnxruntime", ("CPUExecutionProvider",), "requested")
+    assert workers_per_core(ort) == 1
 
 
 def test_a_gpu_gets_one_worker_unless_told_otherwise() -> None:

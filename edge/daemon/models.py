@@ -34,9 +34,7 @@ from edge.vision.replicas import (
     Replicas,
     WorkerPlan,
     load_replicas,
-    plan_workers,
-    runs_on_gpu,
-    usable_cores,
+    plan_for,
 )
 
 log = structlog.get_logger(__name__)
@@ -113,11 +111,14 @@ def prepare(
 
 def worker_plan(cfg: Config, workers: int | None = None) -> WorkerPlan:
     """How many inference workers a config gets here, and threads for each."""
-    gpu = runs_on_gpu(cfg.backend, cfg.engines, cfg.openvino)
-    plan = plan_workers(cfg.workers, cfg.threads, cores=usable_cores(), gpu=gpu)
+    plan = plan_for(
+        cfg.backend, cfg.workers, cfg.threads, engines=cfg.engines, openvino=cfg.openvino
+    )
     if workers is not None and workers != plan.workers:
         # A reload keeps the running workers; threads follow the new config for that count.
-        plan = plan_workers(workers, cfg.threads, cores=usable_cores(), gpu=gpu)
+        plan = plan_for(
+            cfg.backend, workers, cfg.threads, engines=cfg.engines, openvino=cfg.openvino
+        )
     return plan
 
 

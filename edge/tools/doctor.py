@@ -27,7 +27,8 @@ from edge.vision.backends.engines import EngineError, locate, scan
 from edge.vision.backends.openvino import OpenVinoOptions
 from edge.vision.modelspec import ModelConfigError, ModelFiles, load_repository
 from edge.vision.preprocess import InputAdapter
-from edge.vision.replicas import on_gpu, plan_workers, usable_cores
+from edge.vision.replicas import on_gpu, plan_workers, usable_cores, workers_per_core
+from edge.vision.stage import RECHECK_MARGIN
 
 Echo = Callable[[str], None]
 
@@ -110,7 +111,9 @@ def _report_machine(
     _report_openvino(options, echo)
     choice = auto.choose("auto", engines=engines, facts=facts, options=options)
     echo(f"backend auto: would use {choice.backend}: {choice.reason}")
-    plan = plan_workers(0, 0, cores=usable_cores(), gpu=on_gpu(choice))
+    plan = plan_workers(
+        0, 0, cores=usable_cores(), gpu=on_gpu(choice), per_core=workers_per_core(choice)
+    )
     echo(
         f"inference workers (workers = 0, threads = 0): {plan.workers} x "
         f"{plan.threads or 'default'} thread(s); {plan.reason}"
@@ -153,12 +156,18 @@ def _check_openvino(
         echo(f"  OpenVINO: FAIL {err}")
         return [f"{files.spec.name}: OpenVINO does not run"]
     where = f"{options.device} {candidate.precision}"
+    reduced = candidate.precision != "f32"
     candidate.close()
     reference.close()
     echo(
         f"  OpenVINO {where} vs onnxruntime FP32 on {check}: "
         f"{'OK' if verdict.ok else 'FAIL'} {verdict} ({took:.1f} s for both)"
     )
+    if reduced:  # what the daemon adds to keep FP32's defects (docs/openvino.md)
+        if files.spec.role == "segmenter":
+            echo("  its input stem (through the first convolution) runs in f32")
+        else:
+            echo(f"  windows scoring within {RECHECK_MARGIN} of a gate are rescored in f32")
     return [] if verdict.ok else [f"{files.spec.name}: OpenVINO {where} disagrees ({verdict})"]
 
 

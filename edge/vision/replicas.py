@@ -41,10 +41,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def plan_workers(workers: int, threads: int, *, cores: int, gpu: bool) -> WorkerPlan:
+def plan_workers(
+    workers: int, threads: int, *, cores: int, gpu: bool, per_core: int = 1
+) -> WorkerPlan:
     """Resolve the config's ``workers`` and ``threads`` (0 = auto) for this machine.
 
-    On a GPU auto means one worker. On a CPU: one one-thread worker per core, up to
+    On a GPU auto means one worker. On a CPU: ``per_core`` one-thread workers per core, up to
     MAX_AUTO_WORKERS, then more threads per worker; a fixed value of either is kept and the
     other fills the cores.
     """
@@ -58,18 +60,49 @@ def plan_workers(workers: int, threads: int, *, cores: int, gpu: bool) -> Worker
         return WorkerPlan(
             workers, max(1, cores // workers), f"{workers} worker(s) configured over {cores} cores"
         )
+    slots = cores * max(1, per_core)
     if threads:
-        count = max(1, min(MAX_AUTO_WORKERS, cores // threads))
+        count = max(1, min(MAX_AUTO_WORKERS, slots // threads))
         return WorkerPlan(count, threads, f"{threads} thread(s) each over {cores} cores")
-    count = min(MAX_AUTO_WORKERS, cores)
-    return WorkerPlan(count, max(1, cores // count), f"auto: {count} worker(s) over {cores} cores")
+    count = min(MAX_AUTO_WORKERS, slots)
+    reason = f"auto: {count} worker(s) over {cores} cores"
+    if per_core > 1:
+        reason += f", {per_core} per core ({OPENVINO_PER_CORE_WHY})"
+    return WorkerPlan(count, max(1, cores // count), reason)
 
 
-def runs_on_gpu(
-    backend: auto.BackendName, engines: Path | None, openvino: OpenVinoOptions | None = None
-) -> bool:
-    """Whether ``backend`` will run the models on a GPU here (auto decides as it will load)."""
-    return on_gpu(auto.choose(backend, engines=engines, options=openvino))
+# OpenVINO runs a worker's batch on its stream's own thread, and that core idles while the
+# worker does its host part (tiling, gating, handing over); a second worker per core fills it.
+# Measured on 2 cores, real strips, bf16 (docs/performance.md): e2e 223 -> 276 strips/s from
+# 2 to 4 workers. ONNX Runtime computes on the worker's own thread: 144 -> 146 strips/s, p99
+# 61 -> 105 ms, so it keeps one per core.
+OPENVINO_PER_CORE = 2
+OPENVINO_PER_CORE_WHY = "OpenVINO's streams idle while their worker does host work"
+
+
+def workers_per_core(choice: auto.Choice) -> int:
+    """Auto's inference workers per core for a backend choice on a CPU."""
+    return OPENVINO_PER_CORE if choice.backend == "openvino" and not on_gpu(choice) else 1
+
+
+def plan_for(
+    backend: auto.BackendName,
+    workers: int,
+    threads: int,
+    *,
+    engines: Path | None = None,
+    openvino: OpenVinoOptions | None = None,
+) -> WorkerPlan:
+    """The plan for a backend on this machine: what ``auto`` would choose decides whether a
+    GPU is fed, and how many workers per core a CPU gets."""
+    choice = auto.choose(backend, engines=engines, options=openvino)
+    return plan_workers(
+        workers,
+        threads,
+        cores=usable_cores(),
+        gpu=on_gpu(choice),
+        per_core=workers_per_core(choice),
+    )
 
 
 def on_gpu(choice: auto.Choice) -> bool:

@@ -28,7 +28,7 @@ from edge.tools.bench.summary import backend_in_strips, ratios, targets, write_j
 from edge.tools.bench.workload import StripPool, image_pool, synthetic_pool
 from edge.vision.backends.openvino import OpenVinoOptions
 from edge.vision.cascade import Cascade
-from edge.vision.replicas import WorkerPlan, load_replicas, plan_workers, runs_on_gpu, usable_cores
+from edge.vision.replicas import WorkerPlan, load_replicas, plan_for
 
 __all__ = ["MODES", "BenchSettings", "run_bench", "worker_plan", "write_json"]
 
@@ -91,8 +91,13 @@ def _line(settings: BenchSettings, plan: WorkerPlan, max_batch: int) -> E2ESetti
 
 def worker_plan(settings: BenchSettings) -> WorkerPlan:
     """The daemon's plan for these settings on this machine (``edge.vision.replicas``)."""
-    gpu = runs_on_gpu(settings.backend, settings.engines, _openvino(settings))  # type: ignore[arg-type]
-    return plan_workers(settings.workers, settings.threads, cores=usable_cores(), gpu=gpu)
+    return plan_for(
+        settings.backend,  # type: ignore[arg-type]
+        settings.workers,
+        settings.threads,
+        engines=settings.engines,
+        openvino=_openvino(settings),
+    )
 
 
 def _openvino(settings: BenchSettings) -> OpenVinoOptions:
