@@ -310,11 +310,23 @@ def test_workers_share_one_compiled_model_with_a_stream_each() -> None:
         replicas.close()
 
 
-def test_compiled_models_are_kept_in_the_cache_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_compiled_models_are_kept_in_the_cache_folder(tmp_path: Path, precision: str) -> None:
+    if precision == "bf16" and not has_bf16():
+        pytest.skip("this CPU has no bf16 (AMX or AVX-512 BF16): OpenVINO would run f32")
     files = load_repository(shipped_models())["segmenter"]
-    options = OpenVinoOptions(precision="f32", cache_dir=tmp_path / "ov")
-    OpenVinoBackend(files, _shape(files), max_batch=4, options=options).close()
+    options = OpenVinoOptions(precision=precision, cache_dir=tmp_path / "ov")  # type: ignore[arg-type]
+    first = OpenVinoBackend(files, _shape(files), max_batch=4, options=options)
+    batch = np.random.default_rng(4).integers(0, 256, (2, 256, 256, 1), np.uint8)
+    want = first.infer(batch).copy()
+    first.close()
+    del first
     assert [p.suffix for p in (tmp_path / "ov").iterdir()] == [".blob"]
+    # bf16's segmenter is the model with its stem marked: it comes back from the cache as such.
+    again = OpenVinoBackend(files, _shape(files), max_batch=4, options=options)
+    np.testing.assert_array_equal(again.infer(batch), want)
+    assert [p.suffix for p in (tmp_path / "ov").iterdir()] == [".blob"]
+    again.close()
 
 
 def test_a_daemon_on_openvino_serves_real_strips(
