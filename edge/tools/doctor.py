@@ -27,7 +27,7 @@ from edge.vision.backends.engines import EngineError, locate, scan
 from edge.vision.backends.openvino import OpenVinoOptions
 from edge.vision.modelspec import ModelConfigError, ModelFiles, load_repository
 from edge.vision.preprocess import InputAdapter
-from edge.vision.replicas import on_gpu, plan_workers, usable_cores, workers_per_core
+from edge.vision.replicas import plan_for_choice
 from edge.vision.stage import RECHECK_MARGIN
 
 Echo = Callable[[str], None]
@@ -111,9 +111,7 @@ def _report_machine(
     _report_openvino(options, echo)
     choice = auto.choose("auto", engines=engines, facts=facts, options=options)
     echo(f"backend auto: would use {choice.backend}: {choice.reason}")
-    plan = plan_workers(
-        0, 0, cores=usable_cores(), gpu=on_gpu(choice), per_core=workers_per_core(choice)
-    )
+    plan = plan_for_choice(choice, 0, 0)
     echo(
         f"inference workers (workers = 0, threads = 0): {plan.workers} x "
         f"{plan.threads or 'default'} thread(s); {plan.reason}"

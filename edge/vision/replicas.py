@@ -95,7 +95,13 @@ def plan_for(
 ) -> WorkerPlan:
     """The plan for a backend on this machine: what ``auto`` would choose decides whether a
     GPU is fed, and how many workers per core a CPU gets."""
-    choice = auto.choose(backend, engines=engines, options=openvino)
+    return plan_for_choice(
+        auto.choose(backend, engines=engines, options=openvino), workers, threads
+    )
+
+
+def plan_for_choice(choice: auto.Choice, workers: int, threads: int) -> WorkerPlan:
+    """The plan for a backend already chosen, on this machine's usable cores."""
     return plan_workers(
         workers,
         threads,
