@@ -247,6 +247,18 @@ def test_two_workers_publish_each_cameras_results_in_the_order_its_frames_came(
     for name in cams:
         assert [e["seq"] for e in events if e["camera"] == name] == list(range(30))
     assert daemon.server.workers.batch_sizes == {1: 60}
+    assert min(daemon.server.workers.taken_by) > 0  # frames waited: the spare worker took some
+
+
+def test_on_a_quiet_line_the_first_worker_takes_every_batch(start_daemon, camera_socket) -> None:
+    """The spare worker sleeps while the first keeps up: one thread wakes per batch."""
+    daemon = start_daemon(workers=2, threads=1, max_batch=7, max_wait_ms=1)
+    cam = camera_socket(daemon.source)
+    for seq in range(12):
+        cam.send_multipart(frame_parts("cam1", seq, gray_strip()))
+        daemon.subscriber.wait_for(lambda ev, n=seq + 1: len(per_frame(ev)) >= n, 10)
+    assert daemon.server.workers is not None
+    assert daemon.server.workers.taken_by == [12, 0]
 
 
 def test_a_drain_that_runs_out_of_time_finishes_the_batches_on_the_models_and_drops_the_rest(

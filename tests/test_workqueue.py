@@ -94,6 +94,74 @@ def test_a_filling_batch_is_woken_only_once_it_is_full() -> None:
     assert wakes[:2] == [1, 3]
 
 
+# -- spare consumers (the inference workers after the first) ----------------------------------
+
+
+def wait_until(predicate, timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_spare_consumer_sleeps_while_another_waits_to_take_the_work() -> None:
+    q: WorkQueue[int] = WorkQueue(10)
+    taken: list[list[int]] = []
+    consumer = threading.Thread(target=lambda: taken.append(q.get_batch(1, 0, idle_timeout_s=5)))
+    consumer.start()
+    wait_until(lambda: q._takers == 1)
+    spare = []
+    spare_thread = threading.Thread(target=lambda: spare.append(q.wait_unattended(0.3)))
+    spare_thread.start()
+    q.put(1)
+    consumer.join(2.0)
+    spare_thread.join(2.0)
+    assert taken == [[1]]
+    assert spare == [False]  # never woken for an item a consumer was there to take
+
+
+def test_a_spare_consumer_is_woken_for_work_nobody_waits_for() -> None:
+    q: WorkQueue[int] = WorkQueue(10)
+    woken: list[tuple[bool, float]] = []
+    start = time.monotonic()
+    spare = threading.Thread(
+        target=lambda: woken.append((q.wait_unattended(5.0), time.monotonic() - start))
+    )
+    spare.start()
+    time.sleep(0.05)
+    q.put(1)  # no consumer inside get_batch: the others are busy
+    spare.join(2.0)
+    assert woken and woken[0][0] and woken[0][1] < 2.0
+    assert q.get_batch(1, 0) == [1]
+
+
+def test_work_left_behind_by_a_batch_wakes_a_spare() -> None:
+    q: WorkQueue[int] = WorkQueue(10)
+    for i in range(3):
+        q.put(i)
+    woken = []
+    # The consumer takes two of three and leaves: the third is left for a spare.
+    wait_until(lambda: q.get_batch(2, 0) == [0, 1])
+    spare = threading.Thread(target=lambda: woken.append(q.wait_unattended(2.0)))
+    spare.start()
+    spare.join(3.0)
+    assert woken == [True]
+    assert q.get_batch(2, 0) == [2]
+
+
+def test_closing_wakes_the_spares() -> None:
+    q: WorkQueue[int] = WorkQueue(10)
+    woken = []
+    spare = threading.Thread(target=lambda: woken.append(q.wait_unattended(5.0)))
+    spare.start()
+    time.sleep(0.05)
+    q.close()
+    spare.join(2.0)
+    assert woken == [True]
+    with pytest.raises(Closed):
+        q.get_batch(1, 0)
+
+
 # -- deadlines (max_latency_ms): items are (name, due) on a fake clock --------------------------
 
 

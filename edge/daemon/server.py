@@ -334,6 +334,7 @@ class Server:
                 counts=self.ledger.snapshot(),
                 batches=self.batches,
                 batch_sizes={str(k): v for k, v in sorted(sizes.items())},
+                batches_by_worker=self.workers.taken_by if self.workers is not None else [],
             )
         self.notifier.close()
 

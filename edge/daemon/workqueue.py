@@ -6,6 +6,11 @@ ZeroMQ's high-water mark then drops upstream, which the daemon reports as gaps).
 takes frames in batches: as many as fit a cost budget (the daemon's: model tiles, whatever the
 strips' shapes), waiting at most ``max_wait_s`` to fill a batch.
 
+Spare consumers (the daemon's inference workers after the first) wait in ``wait_unattended``
+for work that no consumer is waiting to take: on a quiet line one worker takes every batch and
+the others sleep, instead of taking turns (each turn a wake-up of a thread whose caches went
+cold); under load every worker is busy.
+
 Items may carry a deadline (``due``: the daemon's is receipt + ``max_latency_ms``): one past it
 when a batch is taken is never handed out as work but to ``expired`` (the daemon's ``drop``
 with reason ``deadline``), and a partial batch stops waiting for more at its oldest deadline.
@@ -33,7 +38,10 @@ class WorkQueue(Generic[T]):
         self.capacity = capacity
         self.policy = policy
         self._items: deque[T] = deque()
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # consumers taking a batch, producers blocking
+        self._spare = threading.Condition(lock)  # spare consumers (``wait_unattended``)
+        self._takers = 0  # consumers inside get_batch
         self._closed = False
         # While a consumer waits for its batch to fill: its budget and cost. A put wakes it only
         # when that batch is full (it wakes by itself at its time limit): on 2 vCPUs every
@@ -61,7 +69,18 @@ class WorkQueue(Generic[T]):
             self._items.append(item)
             if self._filling is None or self._fits(*self._filling)[1]:
                 self._cond.notify_all()
+            if self._takers == 0:
+                self._spare.notify()
             return evicted
+
+    def wait_unattended(self, timeout_s: float) -> bool:
+        """Wait until items are queued that no consumer is waiting to take in ``get_batch``,
+        or the queue is closed; False if ``timeout_s`` passed first. A spare consumer calls this
+        before ``get_batch``: it is woken only when the others are busy (one spare per item)."""
+        with self._spare:
+            return self._spare.wait_for(
+                lambda: self._closed or (bool(self._items) and self._takers == 0), timeout_s
+            )
 
     def get_batch(
         self,
@@ -91,40 +110,59 @@ class WorkQueue(Generic[T]):
         gone: list[T] = []
         try:
             with self._cond:
-                if not self._cond.wait_for(lambda: self._items or self._closed, idle_timeout_s):
-                    return []
-                if not self._items:
-                    raise Closed
-                deadline = time.monotonic() + max_wait_s
-                cap: float | None = None  # the wait ran up to the batch's first deadline
-                while True:
-                    if due is not None:  # as of the first deadline, if the wait ran up to it
-                        now = clock()
-                        gone += self._expire(due, now if cap is None else min(now, cap))
-                    count, full = self._fits(max_cost, cost)
-                    if full or self._closed or not self._items or cap is not None:
-                        break
-                    remaining = deadline - time.monotonic()
-                    first = math.inf
-                    if due is not None:
-                        first = min(map(due, self._head(count)))
-                        remaining = min(remaining, first - clock())
-                    if remaining <= 0:
-                        break
-                    self._filling = (max_cost, cost)
-                    try:
-                        self._cond.wait(remaining)
-                    finally:
-                        self._filling = None
-                    if clock() >= first:
-                        cap = first
-                batch = [self._items.popleft() for _ in range(count)]
-                self._cond.notify_all()
-                return batch
+                self._takers += 1
+                try:
+                    return self._take(max_cost, max_wait_s, idle_timeout_s, cost, due, clock, gone)
+                finally:
+                    self._takers -= 1
+                    if self._items and self._takers == 0:
+                        self._spare.notify()  # left for a spare consumer
         finally:
             if expired is not None:
                 for item in gone:
                     expired(item)
+
+    def _take(
+        self,
+        max_cost: int,
+        max_wait_s: float,
+        idle_timeout_s: float,
+        cost: Callable[[T], int],
+        due: Callable[[T], float] | None,
+        clock: Callable[[], float],
+        gone: list[T],
+    ) -> list[T]:
+        """``get_batch`` with the lock held; expired items are added to ``gone``."""
+        if not self._cond.wait_for(lambda: self._items or self._closed, idle_timeout_s):
+            return []
+        if not self._items:
+            raise Closed
+        deadline = time.monotonic() + max_wait_s
+        cap: float | None = None  # the wait ran up to the batch's first deadline
+        while True:
+            if due is not None:  # as of the first deadline, if the wait ran up to it
+                now = clock()
+                gone += self._expire(due, now if cap is None else min(now, cap))
+            count, full = self._fits(max_cost, cost)
+            if full or self._closed or not self._items or cap is not None:
+                break
+            remaining = deadline - time.monotonic()
+            first = math.inf
+            if due is not None:
+                first = min(map(due, self._head(count)))
+                remaining = min(remaining, first - clock())
+            if remaining <= 0:
+                break
+            self._filling = (max_cost, cost)
+            try:
+                self._cond.wait(remaining)
+            finally:
+                self._filling = None
+            if clock() >= first:
+                cap = first
+        batch = [self._items.popleft() for _ in range(count)]
+        self._cond.notify_all()
+        return batch
 
     def _expire(self, due: Callable[[T], float], now: float) -> list[T]:
         """Remove and return the items past their deadline at ``now``; the rest keep their
@@ -158,6 +196,7 @@ class WorkQueue(Generic[T]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._spare.notify_all()
 
     def take_all(self) -> list[T]:
         """Remove and return everything (used when a drain runs out of time)."""
