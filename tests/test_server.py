@@ -288,3 +288,10 @@ def test_a_drain_that_runs_out_of_time_finishes_the_batches_on_the_models_and_dr
     # One strip a batch: each of the two workers was on one when the drain ran out.
     assert sorted(kinds.values()).count(("result", None)) == 2, kinds
     assert all(k in (("result", None), ("drop", "shutdown")) for k in kinds.values()), kinds
+
+
+def test_the_daemon_runs_opencv_on_its_own_threads(start_daemon) -> None:
+    """OpenCV's pool under the finishing threads only added hand-offs (docs/performance.md)."""
+    cv2.setNumThreads(2)
+    start_daemon()
+    assert cv2.getNumThreads() == 1

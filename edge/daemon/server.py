@@ -56,7 +56,7 @@ from edge.daemon.security import CurveServer
 from edge.daemon.sinks import EventPublisher
 from edge.daemon.sinks import result_events as result_events  # re-exported: edge bench runs it
 from edge.daemon.workqueue import WorkQueue
-from edge.vision.replicas import Replicas
+from edge.vision.replicas import Replicas, serial_opencv
 
 log = structlog.get_logger(__name__)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -140,6 +140,7 @@ class Server:
         """Open each resource onto one ExitStack, then start the threads: a step that fails is
         named, and closes exactly what was opened, in reverse (an open socket hangs term())."""
         cfg = self.config
+        serial_opencv()
         with contextlib.ExitStack() as opened:
             if self._replicas is None:
                 with step(f"cannot load the models from {cfg.models}"):

@@ -8,6 +8,9 @@ inference threads, each with its own replica of both models (Triton's model inst
 
 A GPU is another matter: one worker feeds it (the TensorRT backend's CUDA context and stream
 belong to one thread), and the GPU parallelises within each batch.
+
+OpenCV's own thread pool is switched off (``serial_opencv``): the daemon's threads are the
+parallelism, and a pool under them only adds hand-offs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import cv2
 
 from edge.vision.backends import auto
 from edge.vision.backends.openvino import OpenVinoOptions
@@ -31,6 +36,15 @@ class WorkerPlan:
     workers: int  # inference threads, one replica of the models each
     threads: int  # ONNX Runtime intra-op threads per session (0: ONNX Runtime's default)
     reason: str  # for the log line a plant engineer reads
+
+
+def serial_opencv() -> None:
+    """OpenCV runs each call on the thread that makes it (process-wide). Its pool split the
+    post-processing's large-array calls over the cores that the other finishing and
+    inference threads were using: measured with null models on 2 vCPUs, an all-defective strip
+    cost 6.56 ms of the daemon's CPU with the pool and 5.34 ms without it, a clean one 0.457
+    and 0.427 ms (`edge bench --mode host`'s line, one run each)."""
+    cv2.setNumThreads(1)  # 1: sequential (OpenCV 4's documented value)
 
 
 def usable_cores() -> int:
