@@ -96,18 +96,19 @@ def _runs_of(q: np.ndarray, level: int) -> tuple[cc.Runs, int] | None:
 
     Thresholded on the transpose (column after column: the RLE's order), in buffers this
     thread keeps."""
-    if level > PROB_SCALE:
+    # Most classes of a band are absent: one read of the map says so (a third of the passes
+    # below, which then never run).
+    if level > PROB_SCALE or q.max() < level:
         return None
     height, width = q.shape
     shape = (width, height)
     q_t = cv2.transpose(q, dst=cc.scratch("levels", q.size, np.uint8).reshape(shape))
     binary = np.greater_equal(q_t, level, out=cc.scratch("binary", q.size, np.bool_).reshape(shape))
-    if not binary.any():
-        return None
     bits = binary.view(np.uint8)
+    # The levels >= level, the others 0 (q > level - 1), summed: one pass less than q * bits.
     masked = cc.scratch("masked", q.size, np.uint8).reshape(shape)
-    # q * (0 or 1): a masked bitwise_and would leave the buffer's old bytes outside the mask.
-    level_sum = int(cv2.sumElems(cv2.multiply(q_t, bits, dst=masked))[0])
+    cv2.threshold(q_t, level - 1, 0, cv2.THRESH_TOZERO, dst=masked)
+    level_sum = int(cv2.sumElems(masked)[0])
     return cc.runs_of_columns(bits.ravel(), height), level_sum
 
 
