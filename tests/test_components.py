@@ -49,6 +49,35 @@ def test_any_mask_gives_opencvs_components_and_its_rle(
     np.testing.assert_array_equal(cc.paint(runs, width), mask)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 10), st.integers(0, 2**32 - 1), st.floats(0, 1))
+def test_masks_of_repeated_columns_give_opencvs_components(
+    height: int, columns: int, seed: int, density: float
+) -> None:
+    """Columns that repeat the one before are labelled as it (components.label): the same
+    components as OpenCV's, whether the repeats run on, stop at a gap, or change by a row."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((height, columns)) < density
+    mask = np.repeat(base, rng.integers(1, 6, columns), axis=1)
+    assert run_components(mask) == opencv_components(mask)
+    runs = cc.column_runs(mask)
+    count, labels = cc.label(runs)
+    assert labels.size == len(runs) and (count == 0 or labels.max() == count - 1)
+
+
+def test_a_saturated_frame_is_labelled_as_one_column() -> None:
+    mask = np.ones((256, 1600), bool)
+    mask[:, 700] = False  # two blocks of identical columns
+    mask[100, 1200] = False  # one column different from its neighbours
+    runs = cc.column_runs(mask)
+    kept, stand_in = cc._without_repeats(runs)
+    assert len(runs) == 1600 and len(kept) == 5  # col 0, 701, 1200 (two runs), 1201
+    # Each run stands in for by a kept run of the same rows.
+    np.testing.assert_array_equal(kept.y0[stand_in], runs.y0)
+    np.testing.assert_array_equal(kept.y1[stand_in], runs.y1)
+    assert run_components(mask) == opencv_components(mask)
+
+
 def test_diagonal_neighbours_are_one_component_and_a_gap_makes_two() -> None:
     mask = np.zeros((4, 4), bool)
     mask[0, 0] = mask[1, 1] = mask[2, 2] = True  # a diagonal: one 8-connected component
