@@ -205,27 +205,32 @@ def _classifier(spec: ModelSpec, verdict: Verdict):
     return helper.make_graph(nodes, f"null_{spec.name}", [inp], [out], initializer=consts)
 
 
+def _plane(spec: ModelSpec, name: str, nhwc: bool, nodes: list) -> str:
+    """One plane of input ``name`` per pixel, in the output's layout: N x 1 x h x w or
+    N x h x w x 1 (the minimum over the input's channels)."""
+    from onnx import helper
+
+    in_axis = 1 if spec.input.layout == "NCHW" else 3
+    nodes.append(helper.make_node("ReduceMin", [name], ["null_plane"], axes=[in_axis], keepdims=1))
+    if (spec.input.layout == "NHWC") == nhwc:
+        return "null_plane"
+    perm = [0, 2, 3, 1] if nhwc else [0, 3, 1, 2]
+    nodes.append(helper.make_node("Transpose", ["null_plane"], ["null_plane_t"], perm=perm))
+    return "null_plane_t"
+
+
 def _segmenter(spec: ModelSpec, verdict: Verdict):
     from onnx import TensorProto, helper, numpy_helper
 
     inp = _input_info(spec)
     k = _raw_channels(spec)
     h, w = spec.feed.height, spec.feed.width
-    in_axis = 1 if spec.input.layout == "NCHW" else 3
     nhwc = spec.output.layout == "NHWC"
     shape = (1, 1, 1, k) if nhwc else (1, k, 1, 1)
     nodes: list = []
     consts: list = []
-    # One plane of the input per pixel: N x 1 x h x w (NCHW input) or N x h x w x 1.
-    nodes.append(
-        helper.make_node("ReduceMin", [inp.name], ["null_plane"], axes=[in_axis], keepdims=1)
-    )
-    plane = "null_plane"
-    if (spec.input.layout == "NHWC") != nhwc:
-        perm = [0, 2, 3, 1] if nhwc else [0, 3, 1, 2]
-        nodes.append(helper.make_node("Transpose", [plane], ["null_plane_t"], perm=perm))
-        plane = "null_plane_t"
     if verdict == "contrast":
+        plane = _plane(spec, inp.name, nhwc, nodes)
         # Dark pixels are classes 1 and 3, bright ones 2 and 4: logit = weight * pixel + bias,
         # crossing 0 at DARK (dark classes) or BRIGHT (bright ones).
         gain, offset = _normalisation(spec)
@@ -252,18 +257,21 @@ def _segmenter(spec: ModelSpec, verdict: Verdict):
             helper.make_node("Add", ["null_scaled", "null_bias"], ["null_out"]),
         ]
     else:
-        # The constant logits broadcast to the plane's shape with the classes on their axis:
-        # one pass writing the output (the plane's shape carries the batch dimension).
+        # The constant logits broadcast to N x the output's own dimensions: one pass writing
+        # the output, and the batch dimension read from the input (so nothing folds it away;
+        # a reduction over the input, as the contrast verdict needs, cost 0.14 ms per 7 tiles).
         values = _logits(spec, 1.0 if verdict == "defective" else 0.0)
-        axis = 3 if nhwc else 1
-        classes = np.array([1] * axis + [k] + [1] * (3 - axis), np.int64)
+        per_tile = np.array([h, w, k] if nhwc else [k, h, w], np.int64)
         consts += [
             numpy_helper.from_array(values.reshape(shape), "null_values"),
-            numpy_helper.from_array(classes, "null_classes"),
+            numpy_helper.from_array(np.array([0], np.int64), "null_zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "null_one"),
+            numpy_helper.from_array(per_tile, "null_per_tile"),
         ]
         nodes += [
-            helper.make_node("Shape", [plane], ["null_plane_shape"]),
-            helper.make_node("Mul", ["null_plane_shape", "null_classes"], ["null_out_shape"]),
+            helper.make_node("Shape", [inp.name], ["null_in_shape"]),
+            helper.make_node("Slice", ["null_in_shape", "null_zero", "null_one"], ["null_n"]),
+            helper.make_node("Concat", ["null_n", "null_per_tile"], ["null_out_shape"], axis=0),
             helper.make_node("Expand", ["null_values", "null_out_shape"], ["null_out"]),
         ]
     name = spec.output.name or "mask_logits"
