@@ -405,9 +405,7 @@ def test_an_inference_failure_is_still_exactly_one_reject_with_its_reason(
 def test_post_processing_turns_each_outcome_into_its_typed_event(tiny_repo: Path) -> None:
     unfinished = threading.BoundedSemaphore(1)
     outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    finishers = Finishers(
-        queue.SimpleQueue(), outbox, unfinished, Metrics(lambda: 0, lambda: 0.0), 1
-    )
+    finishers = Finishers(outbox, unfinished, Metrics(lambda: 0, lambda: 0.0), 1)
     frames = [read_frame(frame_parts("cam1", seq, gray_strip())) for seq in (3, 4)]
     assert unfinished.acquire(timeout=1)  # as a worker holds it before handing a batch over
     parts: list[Any] = [(frames, InferenceFailed(INFERENCE_FAILED))]

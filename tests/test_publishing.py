@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,9 @@ class Running:
             lambda: {"v": VERSION, "kind": "status"},
             lambda: config,
         )
-        self.finishers = Finishers(queue.SimpleQueue(), self.outbox, self.unfinished, metrics, 2)
+        self.finishers = Finishers(self.outbox, self.unfinished, metrics, 2)
         self.finishing = [
-            threading.Thread(target=self.finishers.run, daemon=True) for _ in range(2)
+            threading.Thread(target=self.finishers.run, args=(i,), daemon=True) for i in range(2)
         ]
         for thread in self.finishing:
             thread.start()
@@ -98,8 +99,9 @@ def running(tiny_repo: Path) -> Iterator[Running]:
         loop.stop()
 
 
-def batch(cascade: Any, ticket: int, seqs: list[int], running: Running) -> Batch:
-    frames = [read_frame(frame_parts("cam1", seq, gray_strip())) for seq in seqs]
+def batch(cascade: Any, ticket: int, seqs: list[int], running: Running, image: Any = None) -> Batch:
+    image = gray_strip() if image is None else image
+    frames = [read_frame(frame_parts("cam1", seq, image)) for seq in seqs]
     # As a worker holds them: a ticket from before it takes the batch, an unfinished permit
     # from before it hands the batch over.
     assert running.tickets.acquire(timeout=1) and running.unfinished.acquire(timeout=1)
@@ -121,6 +123,69 @@ def test_batches_finished_out_of_turn_are_published_in_ticket_order(
         for _ in range(8):  # every permit was given back: post-processed, then sent
             assert running.tickets.acquire(timeout=1) and running.unfinished.acquire(timeout=1)
     finally:
+        running.stop()
+        replicas.close()
+
+
+def results(running: Running, count: int) -> list[int]:
+    """The seqs of the next ``count`` result events (finished on another thread: waited for)."""
+    seqs: list[int] = []
+    while len(seqs) < count:
+        assert running.sub.poll(10_000), "no result from the publisher"
+        _, body = parse_event(running.sub.recv_multipart())
+        if body.get("kind") == "result":
+            seqs.append(body["seq"])
+    return seqs
+
+
+def flagged_strip() -> Any:
+    strip = gray_strip()
+    strip[::7, ::7] = 0  # every tile flagged and segmented: maps for the finishing threads
+    return strip
+
+
+def test_on_a_quiet_line_the_first_finishing_thread_finishes_every_batch(
+    running: Running, tiny_repo: Path
+) -> None:
+    """The spare sleeps while the first keeps up, so the maps stay in one core's cache."""
+    replicas = load_replicas(tiny_repo, plan=plan_workers(1, 1, cores=1, gpu=False))
+    try:
+        for ticket in range(6):
+            running.hand(batch(replicas.first, ticket, [ticket], running, flagged_strip()))
+            assert results(running, 1) == [ticket]
+        assert running.finishers.finished_by == [6, 0]
+    finally:
+        running.stop()
+        replicas.close()
+
+
+def test_a_batch_that_waits_while_the_first_thread_is_busy_goes_to_the_spare(
+    running: Running, tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.daemon import finishers
+
+    release = threading.Event()
+    real = finishers.post_process
+
+    def held_for_ticket_0(batch: Batch, *args: Any, **kwargs: Any) -> Any:
+        if batch.ticket == 0:
+            assert release.wait(10)
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(finishers, "post_process", held_for_ticket_0)
+    replicas = load_replicas(tiny_repo, plan=plan_workers(1, 1, cores=1, gpu=False))
+    try:
+        running.hand(batch(replicas.first, 0, [0], running, flagged_strip()))
+        running.hand(batch(replicas.first, 1, [1], running, flagged_strip()))
+        deadline = time.monotonic() + 5
+        while running.finishers.finished_by[1] < 1:
+            assert time.monotonic() < deadline, "the spare never took the waiting batch"
+            time.sleep(0.01)
+        release.set()
+        assert results(running, 2) == [0, 1]  # in ticket order
+        assert running.finishers.finished_by == [1, 1]
+    finally:
+        release.set()
         running.stop()
         replicas.close()
 

@@ -87,7 +87,6 @@ class Server:
         self.receiver: Receiver | None = None
         self._queue: WorkQueue[Frame] = WorkQueue(config.queue_size, config.overload)
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._finishing: queue.SimpleQueue[Any] = queue.SimpleQueue()  # workers -> finishers
         self.finishers: Finishers | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._started_at = time.monotonic()
@@ -221,7 +220,7 @@ class Server:
         count = len(replicas.cascades)
         unfinished = threading.BoundedSemaphore(count * UNFINISHED_PER_WORKER)
         finishers = self.finishers = Finishers(
-            self._finishing, self._outbox, unfinished, self.metrics, count,
+            self._outbox, unfinished, self.metrics, count,
             publish_crops=lambda: self.config.publish_crops,
         )  # fmt: skip
         workers = self.workers = InferenceWorkers(
@@ -237,7 +236,7 @@ class Server:
             "publisher": lambda: publishing.run(publisher),
             "receiver": receiver.run,
             **{f"inference-{i}": (lambda i=i: workers.run(i)) for i in range(workers.count)},
-            **{f"finishing-{i}": finishers.run for i in range(finishers.count)},
+            **{f"finishing-{i}": (lambda i=i: finishers.run(i)) for i in range(finishers.count)},
         }
         self._threads = {
             name: threading.Thread(target=self._guard(body), name=name)
