@@ -129,13 +129,18 @@ def components_of(runs: list[Runs]) -> Found:
     return Found(local, mask_of_run, count, labels, measure(local, labels, count), mask_of)
 
 
+# Repeated columns are looked for in masks of at least this many runs: in fewer the search
+# costs as much as the labelling it could save (blobs of 322 runs: 34 us against 50 us).
+REPEATS_FROM = 1024
+
+
 def label(runs: Runs) -> tuple[int, np.ndarray]:
     """(components, component label of each run), 8-connectivity.
 
     A column whose runs are the rows of the column before it changes no component: it is
     labelled as that column. So a wide region of identical columns (a saturated frame, a band
     of scale the strip's height) is labelled as one column, not a run per column."""
-    collapsed = _without_repeats(runs)
+    collapsed = _without_repeats(runs) if len(runs) >= REPEATS_FROM else None
     if collapsed is None:
         return _label(runs)
     kept, stand_in = collapsed
