@@ -31,9 +31,8 @@ from typing import Any
 
 from edge.daemon.metrics import Metrics
 from edge.daemon.outcomes import Batch, Finished, InferenceFailed, post_process
-from edge.daemon.workqueue import Closed, WorkQueue
+from edge.daemon.workqueue import SPARE_WAIT_S, Closed, WorkQueue
 
-SPARE_WAIT_S = 0.1  # how long an idle finishing thread waits before it looks round
 # The inbox is bounded by the ``unfinished`` permits, not by its capacity: it never fills.
 _INBOX_CAPACITY = 1 << 16
 

@@ -28,7 +28,7 @@ from edge.daemon.frames import Frame
 from edge.daemon.metrics import Metrics
 from edge.daemon.models import Handover
 from edge.daemon.outcomes import Batch, InferenceFailed, Part, Retire
-from edge.daemon.workqueue import Closed, WorkQueue
+from edge.daemon.workqueue import SPARE_WAIT_S, Closed, WorkQueue
 from edge.vision.cascade import Cascade, Inferred
 from edge.vision.replicas import Replicas
 
@@ -45,7 +45,6 @@ SPARE_TICKETS = 2
 # worker: memory stays bounded, and a publisher that falls behind slows the workers, which
 # sheds load at the queue.
 UNFINISHED_PER_WORKER = 1
-SPARE_WAIT_S = 0.1  # how long a spare worker sleeps before it looks round (abandon, progress)
 DEADLINE = "deadline"  # the drop reason of a frame that waited past max_latency_ms
 
 

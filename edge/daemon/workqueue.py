@@ -27,6 +27,8 @@ from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 OverloadPolicy = Literal["drop-oldest", "block"]
+# How long a consumer waits for work before it looks round (to stop, to show it is alive).
+SPARE_WAIT_S = 0.1
 
 
 class Closed(Exception):
