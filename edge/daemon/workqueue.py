@@ -27,7 +27,8 @@ from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 OverloadPolicy = Literal["drop-oldest", "block"]
-# How long a consumer waits for work before it looks round (to stop, to show it is alive).
+# How long the daemon's consumers (a spare inference worker, a finishing thread) wait for work
+# before they look round: to stop, and to show that they are alive.
 SPARE_WAIT_S = 0.1
 
 
