@@ -34,7 +34,7 @@ from edge.vision.replicas import (
     Replicas,
     WorkerPlan,
     load_replicas,
-    plan_for,
+    plan_for_choice,
 )
 
 log = structlog.get_logger(__name__)
@@ -111,14 +111,12 @@ def prepare(
 
 def worker_plan(cfg: Config, workers: int | None = None) -> WorkerPlan:
     """How many inference workers a config gets here, and threads for each."""
-    plan = plan_for(
-        cfg.backend, cfg.workers, cfg.threads, engines=cfg.engines, openvino=cfg.openvino
-    )
+    # Chosen once: with backend auto, choosing probes the GPU.
+    choice = auto.choose(cfg.backend, engines=cfg.engines, options=cfg.openvino)
+    plan = plan_for_choice(choice, cfg.workers, cfg.threads)
     if workers is not None and workers != plan.workers:
         # A reload keeps the running workers; threads follow the new config for that count.
-        plan = plan_for(
-            cfg.backend, workers, cfg.threads, engines=cfg.engines, openvino=cfg.openvino
-        )
+        plan = plan_for_choice(choice, workers, cfg.threads)
     return plan
 
 
