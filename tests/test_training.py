@@ -100,6 +100,18 @@ def test_class_balanced_crops_show_a_rare_class_as_often_as_a_common_one(balance
     assert batch.masks.reshape(400, 4, -1).any(-1).any(-1).all()
 
 
+def test_without_turns_a_crop_keeps_its_direction() -> None:
+    """A vertical bar stays vertical under flips only; with quarter turns some crops lie it down."""
+    masks = np.zeros((4, 64, 64), bool)
+    masks[1, :, 30:34] = True
+    image = np.where(masks[1], 255, 0).astype(np.uint8)
+    bar = LabelledStrip("bar", image, masks, masks.reshape(4, -1).any(1), np.ones(4, bool))
+    for turns, vertical_share in ((False, 1.0), (True, 0.5)):
+        batch = CropSampler([bar], [], size=64, seed=0, turns=turns).batch(200)
+        columns_full = batch.masks[:, 1].all(axis=1).any(axis=1)  # a column masked top to bottom
+        assert abs(float(columns_full.mean()) - vertical_share) < 0.1, (turns, columns_full.mean())
+
+
 def test_segmenter_sampler_skips_strips_without_masks() -> None:
     unknown = _strip(np.zeros((64, 64), bool), known=False)
     with pytest.raises(ValueError, match="no training strips"):
@@ -124,6 +136,15 @@ def test_a_tiny_run_reduces_the_loss(tmp_path: Path, role: str) -> None:
     result = trainer.train(_settings(tmp_path, role))
     assert result.steps == 40 and len(result.losses) == 4
     assert result.losses[-1] < result.losses[0] * 0.95, result.losses
+
+
+@pytest.mark.parametrize("role", ["classifier", "segmenter"])
+def test_bf16_forward_trains_and_exports_float32_weights(tmp_path: Path, role: str) -> None:
+    result = trainer.train(_settings(tmp_path, role, bf16=True))
+    assert result.losses[-1] < result.losses[0] * 0.95, result.losses
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    # Back in the default layout, so the export and PyTorch's own check see ordinary tensors.
+    assert all(p.is_contiguous() for p in result.model.parameters())
 
 
 def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:

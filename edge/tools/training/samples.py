@@ -68,6 +68,7 @@ class CropSampler:
         need_masks: bool = False,
         photometric: bool = True,
         class_balanced: bool = False,
+        turns: bool = True,
     ) -> None:
         if need_masks:
             # A segmenter learns nothing true from a class whose mask is unknown.
@@ -82,6 +83,9 @@ class CropSampler:
         self.defect_centred = defect_centred
         self.photometric = photometric
         self.class_balanced = class_balanced
+        # Quarter turns make a vertical scratch horizontal, which a strip never shows (they run
+        # along the rolling direction); without them the augmentation is the four flips.
+        self.turn_steps = 1 if turns else 2
         # Per pool and class: the strips whose mask of that class is known. A defect-centred
         # crop then picks its class first, so a class on 17 strips is seen as often as one on 60.
         self.holders = [
@@ -113,7 +117,8 @@ class CropSampler:
             strip, (y, x) = self._draw(p)
             crop = strip.image[y : y + s, x : x + s]
             crop_masks = strip.masks[:, y : y + s, x : x + s]
-            turns, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
+            turns = int(self.rng.integers(4 // self.turn_steps)) * self.turn_steps
+            flip = bool(self.rng.integers(2))
             images[i, 0] = augment(crop, turns, flip) / np.float32(255)
             if self.photometric:
                 jitter_photometric(images[i, 0], self.rng)

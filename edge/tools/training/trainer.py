@@ -49,6 +49,8 @@ class TrainSettings:
     checkpoint_every: int = 100
     real_weight: float = 0.5  # share of crops drawn from real strips when both kinds exist
     class_balanced: bool = False  # defect-centred crops pick their class first (samples.py)
+    turns: bool = True  # quarter turns in the augmentation besides flips (samples.py)
+    bf16: bool = False  # forward pass in bfloat16 (CPU autocast); weights stay float32
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must agree with to be continued (not where it is saved)."""
@@ -113,8 +115,12 @@ def train(
         real_weight=settings.real_weight,
         need_masks=settings.role == "segmenter",
         class_balanced=settings.class_balanced,
+        turns=settings.turns,
     )
     model = nets.build(settings.role)
+    if settings.bf16:
+        # oneDNN's bfloat16 convolutions (AMX where the CPU has it) want channels-last tensors.
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.15
@@ -131,7 +137,7 @@ def train(
     interval: list[float] = []
     while step < settings.steps:
         batch = sampler.batch(settings.batch)
-        loss = _loss(settings.role, model, batch)
+        loss = _loss(settings.role, model, batch, bf16=settings.bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -144,6 +150,7 @@ def train(
             history.append(float(np.mean(interval)))
             interval.clear()
             _save(ckpt, settings, model, optimizer, schedule, sampler, step, history)
+    model = model.to(memory_format=torch.contiguous_format)
     model.eval()
     strips = real + synthetic
     return TrainResult(
@@ -160,13 +167,19 @@ def train(
     )
 
 
-def _loss(role: Role, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+def _loss(role: Role, model: torch.nn.Module, batch: Any, *, bf16: bool = False) -> torch.Tensor:
     images = torch.from_numpy(batch.images)
+    if bf16:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        outputs = model(images)
+    # The losses in float32: a sigmoid's tail and a Dice sum lose too much in bfloat16's 8 bits.
+    outputs = outputs.float()
     if role == "classifier":
         return losses.binary_focal_loss(
-            model(images), torch.from_numpy(batch.labels), torch.from_numpy(batch.weights)
+            outputs, torch.from_numpy(batch.labels), torch.from_numpy(batch.weights)
         )
-    return losses.bce_dice_loss(model(images), torch.from_numpy(batch.masks))
+    return losses.bce_dice_loss(outputs, torch.from_numpy(batch.masks))
 
 
 def _save(
