@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -96,6 +97,27 @@ def _labelled_folder(root: Path, count: int = 6) -> tuple[Path, Path]:
                 rows.append(f"{name},{k + 1},{rle.encode(strip.masks[k])}")
     (root / "train.csv").write_text("\n".join(rows) + "\n")
     return images, root / "train.csv"
+
+
+def test_the_recorded_command_trains_the_same_settings_again(tmp_path: Path) -> None:
+    images, labels = _labelled_folder(tmp_path / "data", count=3)
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["train", "classifier", "--data", str(images), "--labels", str(labels)]
+    args += ["--steps", "2", "--batch", "2", "--threads", "1", "--out", str(first)]
+    args += ["--no-turns", "--class-balanced"]  # switched off a default of True; on one of False
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((first / "classifier" / "1" / "training.json").read_text())
+    assert "--no-turns" in record["command"] and "--class-balanced" in record["command"]
+
+    again = shlex.split(record["command"].replace(str(first), str(second)))
+    assert again[:2] == ["edge", "train"]
+    result = CliRunner().invoke(app, again[1:])
+    assert result.exit_code == 0, result.output
+    replayed = json.loads((second / "classifier" / "1" / "training.json").read_text())
+    assert replayed["settings"] == record["settings"]
+    assert replayed["settings"]["turns"] is False
+    assert replayed["command"] == record["command"].replace(str(first), str(second))
 
 
 def test_train_eval_tune_commands(tmp_path: Path) -> None:

@@ -42,10 +42,13 @@ def command_line(role: str, params: dict[str, object]) -> str:
     """The ``edge train`` command that reproduces this run, every setting spelled out."""
     parts = ["edge", "train", role]
     for name, value in params.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False:
+        option = name.replace("_", "-")
+        if value is None:
             continue
-        parts += [flag] if value is True else [flag, shlex.quote(str(value))]
+        if isinstance(value, bool):  # both spellings: a default of True is switched off too
+            parts.append(f"--{option}" if value else f"--no-{option}")
+        else:
+            parts += [f"--{option}", shlex.quote(str(value))]
     return " ".join(parts)
 
 
