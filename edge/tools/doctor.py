@@ -162,9 +162,8 @@ def _check_openvino(
         f"{'OK' if verdict.ok else 'FAIL'} {verdict} ({took:.1f} s for both)"
     )
     if reduced:  # what the daemon adds to keep FP32's defects (docs/openvino.md)
-        if files.spec.role == "segmenter":
-            echo("  its input stem (through the first convolution) runs in f32")
-        else:
+        echo("  its input stem (through the first convolution) runs in f32")
+        if files.spec.role == "classifier":
             echo(f"  windows scoring within {RECHECK_MARGIN} of a gate are rescored in f32")
     return [] if verdict.ok else [f"{files.spec.name}: OpenVINO {where} disagrees ({verdict})"]
 

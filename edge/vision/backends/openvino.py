@@ -172,7 +172,7 @@ def _compile(files: ModelFiles, source: bytes, options: OpenVinoOptions, threads
     config = _compile_config(ov_core, device, options, threads)
     try:
         model = ov_core.read_model(source, b"")
-        if options.precision != "f32" and files.spec.role == "segmenter":
+        if options.precision != "f32":
             model = with_precise_stem(ov_core, model)
         compiled = ov_core.compile_model(model, device, config)
     except Exception as exc:  # OpenVINO raises RuntimeError with its own message
