@@ -1,9 +1,10 @@
 """Build FP16 TensorRT engines from the models' ONNX files, as NVIDIA's Python API documents it.
 
 TensorRT 10.x (Jetson Orin ships 10.3): the FP32 ONNX is parsed into a weakly typed network
-and ``BuilderFlag.FP16`` lets TensorRT pick FP16 kernels. TensorRT 11.x removed that flag and
-weak typing: every network is strongly typed, so FP16 must already be in the graph; the ONNX is
-converted on the CPU first (build_engine.fp16). References are listed in docs/engines.md.
+and ``BuilderFlag.FP16`` lets TensorRT pick FP16 kernels, but for the input's stem, which is
+held to FP32. TensorRT 11.x removed that flag and weak typing: every network is strongly typed,
+so FP16 must already be in the graph; the ONNX is converted on the CPU first (build_engine.fp16,
+which keeps the same stem in FP32). References are listed in docs/engines.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from build_engine.fp16 import convert_to_fp16
+from build_engine.fp16 import convert_to_fp16, stem_nodes
 from build_engine.graph import FuseError, GraphIO, fuse
 from build_engine.machine import INSTALL_HINT, EnvFacts, detect_facts
 from build_engine.models import ModelFacts
@@ -150,8 +151,8 @@ def build_model(
     parsed = model.onnx_path
     if model.graph is not None:
         parsed = fused_onnx(model, folder / FUSED_FILE)
-    if options.fp16 and strongly_typed:
-        parsed = convert_to_fp16(model.onnx_path, folder / "model.fp16.onnx")
+    if options.fp16 and strongly_typed:  # the graph TensorRT parses, fused or not
+        parsed = convert_to_fp16(parsed, folder / "model.fp16.onnx")
     cache_path = options.timing_cache or out / TIMING_CACHE_FILE
     started = time.monotonic()
     plan, io, batch = _build(trt, model, parsed, options, strongly_typed, cache_path)
@@ -199,6 +200,31 @@ def fused_onnx(model: ModelFacts, path: Path) -> Path:
     return path
 
 
+def hold_in_fp32(trt: ModuleType, network: Any, nodes: set[str]) -> list[str]:
+    """Ask TensorRT to run the layers it parsed from ``nodes`` (ONNX node names) in FP32 under
+    the FP16 flag; returns the layers' names. The parser names a layer after its node, and a
+    node it expands into several layers by that name and a suffix."""
+    held = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if not any(layer.name == n or layer.name.startswith(n + "_") for n in nodes):
+            continue
+        outputs = range(layer.num_outputs)
+        if any(layer.get_output(j).dtype not in (trt.float32, trt.float16) for j in outputs):
+            continue  # shape arithmetic (int32/int64): no precision to choose
+        layer.precision = trt.float32
+        for j in outputs:
+            layer.set_output_type(j, trt.float32)
+        held.append(layer.name)
+    return held
+
+
+def _load_onnx(path: Path) -> Any:
+    import onnx  # a dependency of the gpu extra (the FP16 conversion needs it too)
+
+    return onnx.load(str(path))
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -226,6 +252,8 @@ def _build(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     if options.fp16 and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+        hold_in_fp32(trt, network, set(stem_nodes(_load_onnx(onnx_path).graph)))
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
     profile = builder.create_optimization_profile()
     batch = options.profile()
     fixed: tuple[int, int, int] | None = None

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,13 +19,15 @@ import pytest
 from typer.testing import CliRunner
 
 from build_engine.build import (
+    FUSED_FILE,
     BuildError,
     BuildOptions,
     ParserProblem,
     build_model,
     describe_parser_problems,
+    hold_in_fp32,
 )
-from build_engine.fp16 import convert_to_fp16
+from build_engine.fp16 import convert_to_fp16, stem_nodes
 from build_engine.models import ModelError
 from build_engine.models import find_models as read_models
 from edge.cli.gpu import find_models
@@ -63,6 +67,17 @@ def run_fp32_and_fp16(
         outputs.append(backend.infer(batch))
         backend.close()
     return outputs[0], outputs[1]
+
+
+def test_fp16_onnx_keeps_each_models_input_stem_in_float32(tmp_path: Path) -> None:
+    for files in load_repository(shipped_models()).values():
+        stem = stem_nodes(onnx.load(str(files.onnx_path)).graph)
+        half = onnx.load(str(convert_to_fp16(files.onnx_path, tmp_path / "half.onnx")))
+        weights = {t.name: t.data_type for t in half.graph.initializer}
+        first, second = [n for n in half.graph.node if n.op_type == "Conv"][:2]
+        assert first.name in stem and second.name not in stem, files.model_id
+        assert weights[first.input[1]] == onnx.TensorProto.FLOAT, files.model_id
+        assert weights[second.input[1]] == onnx.TensorProto.FLOAT16, files.model_id
 
 
 def test_fp16_onnx_keeps_float32_io_and_stores_float16_weights(tmp_path: Path) -> None:
@@ -263,7 +278,8 @@ def test_build_engine_imports_and_works_where_edge_cannot_be_imported(
     assert {f"build_engine.{m}" for m in every} <= set(report["modules"])
     assert report["edge_loaded"] == []
     assert report["io_types"] == [onnx.TensorProto.FLOAT] * 2
-    assert onnx.TensorProto.FLOAT16 in report["initializer_types"]
+    # The tiny segmenter is one convolution: all of it is its input stem, kept float32.
+    assert report["initializer_types"] == [onnx.TensorProto.FLOAT]
     assert report["round_trip"] is True
     # edge reads what the standalone build step wrote, and finds it matches the model.
     files = load_repository(tiny_repo)["segmenter"]
@@ -356,3 +372,61 @@ def test_float16_outputs_are_cast_back_to_float32() -> None:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     a, b = session.run(None, {"x": np.array([1.5], np.float32)})
     assert a.dtype == np.float32 and b.dtype == np.float32 and b[0] == 1.5
+
+
+class _Layer:
+    """What hold_in_fp32 reads and sets of a TensorRT layer."""
+
+    def __init__(self, name: str, dtype: str) -> None:
+        self.name, self.num_outputs, self.dtype = name, 1, dtype
+        self.precision: str | None = None
+        self.output_types: dict[int, str] = {}
+
+    def get_output(self, index: int) -> Any:
+        return SimpleNamespace(dtype=self.dtype)
+
+    def set_output_type(self, index: int, dtype: str) -> None:
+        self.output_types[index] = dtype
+
+
+def test_tensorrt_10_holds_the_input_stem_in_fp32_by_layer_name() -> None:
+    graph = onnx.load(str(load_repository(shipped_models())["segmenter"].onnx_path)).graph
+    shapes = {"Shape", "Gather", "Unsqueeze", "Concat", "Cast"}  # int64 shape arithmetic here
+    layers = [_Layer(n.name, "int64" if n.op_type in shapes else "float32") for n in graph.node]
+    layers.append(_Layer("/stem/stem.0/Conv_bias_add", "float32"))  # a node parsed as 2 layers
+    network = SimpleNamespace(num_layers=len(layers), get_layer=layers.__getitem__)
+    trt = SimpleNamespace(float32="float32", float16="float16")
+    held = hold_in_fp32(trt, network, set(stem_nodes(graph)))  # type: ignore[arg-type]
+    assert held == ["/stem/stem.0/Conv", "/stem/stem.2/Relu", "/stem/stem.0/Conv_bias_add"]
+    for layer in layers:
+        wanted = "float32" if layer.name in held else None
+        assert layer.precision == wanted and layer.output_types.get(0) == wanted, layer.name
+
+
+def test_tensorrt_11_builds_from_the_fused_graph_in_fp16(
+    tiny_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strongly typed TensorRT parses the FP16 copy of what it would parse in FP32: the model
+    inside its prologue and epilogue (uint8 tiles in), not the bare model."""
+    parsed: list[Path] = []
+
+    def build(trt, model, onnx_path, options, strongly_typed, cache_path):  # no TensorRT here
+        parsed.append(onnx_path)
+        return b"plan", [], None
+
+    monkeypatch.setattr(
+        "build_engine.build.require_tensorrt", lambda: SimpleNamespace(__version__="11.0.0")
+    )
+    monkeypatch.setattr("build_engine.build._build", build)
+    files = load_repository(tiny_repo)["segmenter"]
+    facts = model_facts(files)
+    assert facts.graph is not None  # the tiny segmenter is fused for TensorRT
+    build_model(facts, tmp_path, BuildOptions(max_batch=8), facts=LINE_GPU)
+    (path,) = parsed
+    assert path.name == "model.fp16.onnx"
+    graph = onnx.load(str(path)).graph
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.UINT8]
+    fused = onnx.load(str(path.parent / FUSED_FILE)).graph  # what TensorRT 10 parses
+    assert [o.type.tensor_type.elem_type for o in graph.output] == [
+        o.type.tensor_type.elem_type for o in fused.output
+    ]
