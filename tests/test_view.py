@@ -29,6 +29,7 @@ from edge.tools.view.app import Hub, _Client, _page
 from edge.tools.view.render import MAX_CONTOURS, mask_contours
 from edge.tools.view.state import (
     COIL_POINTS,
+    DRAW_EVERY_S,
     FRAMES_PER_CAMERA,
     MAX_CAMERAS,
     OTHER,
@@ -353,10 +354,15 @@ def test_the_page_shows_strips_outlines_counts_and_a_lost_daemon(
     assert refused.value.code == 405
     browser.get(f"http://127.0.0.1:{line['web']}/")
     WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "link").text == "live")
-    for seq in range(3):  # 0.6 s apart: each is drawn (DRAW_EVERY_S)
+    # Each strip sent once the one before is answered, and DRAW_EVERY_S after: the view
+    # draws a camera's strips at most that often, counted from when their results come,
+    # so spacing the sends alone let a slow first answer hide the second strip.
+    for seq in range(3):
         send(line["camera"], seq)
-        time.sleep(0.6)
-    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "count-results").text == "3")
+        WebDriverWait(browser, 30).until(
+            lambda d, n=str(seq + 1): d.find_element(By.ID, "count-results").text == n
+        )
+        time.sleep(DRAW_EVERY_S + 0.1)
     cameras = browser.find_elements(By.CSS_SELECTOR, ".camera")
     assert [c.get_attribute("data-camera") for c in cameras] == ["cam1"]
     strips = cameras[0].find_elements(By.CSS_SELECTOR, ".strip")
