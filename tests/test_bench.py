@@ -247,6 +247,10 @@ def test_host_mode_measures_the_daemon_on_null_models(tiny_repo: Path, tmp_path:
         assert run["cpu_ms_per_strip"] == pytest.approx(
             run["cpu_s"] * 1000 / run["results"], rel=0.01
         )
+        # The window in parts, each its own figure: the whole is their weighted mean.
+        parts = run["cpu_ms_per_strip_parts"]
+        assert len(parts) == host["settings"]["window_parts"] == 3 and all(p > 0 for p in parts)
+        assert min(parts) * 0.99 <= run["cpu_ms_per_strip"] <= max(parts) * 1.01, run
         assert run["threads_by_name"], run
         receiver = run["threads_by_name"]["receiver"]
         # The receiver waits in libzmq between frames: it is switched out, and counted.

@@ -137,7 +137,8 @@ def _host_table(host: dict[str, Any], console: Console) -> None:
         title="host: the daemon's own work, on null models with the pair's I/O",
         title_justify="left",
     )
-    columns = ("run", "offered/s", "results/s", "results", "CPU ms/strip", "drops", "gate pass")
+    columns = ("run", "offered/s", "results/s", "results", "CPU ms/strip", "its parts", "drops",
+               "gate pass")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "run" else "right")
     for verdict in ("clean", "defective"):
@@ -148,6 +149,7 @@ def _host_table(host: dict[str, Any], console: Console) -> None:
             _num(run["results"] / run["seconds"] if run["seconds"] else None),
             _num(run["results"]),
             _num(run["cpu_ms_per_strip"], 3),
+            " ".join(_num(part, 3) for part in run.get("cpu_ms_per_strip_parts", [])) or "-",
             _num(run["dropped"]),
             _num(run["gate_pass_share"], 3),
         )
@@ -156,6 +158,7 @@ def _host_table(host: dict[str, Any], console: Console) -> None:
         "e2e null (saturation; drops at 80 %)",
         "-",
         _num(null["strips_per_s"]),
+        "-",
         "-",
         "-",
         _num(null["drops_at_80"]),
