@@ -49,8 +49,9 @@ WARM_S: Final = 1.0  # first batches allocate; before the measured window
 IDLE_S: Final = 0.5  # the daemon's CPU with no frames coming, after the warm-up
 # The measured window is offered in this many parts, each drained before the next, and each
 # part's CPU per strip is reported beside the whole's: on a shared VM the same build measures
-# 10-30 % apart from one minute to the next, and the spread says how far one figure carries.
-WINDOWS: Final = 3
+# 15-35 % apart from one run to the next (docs/performance.md); the spread says how far one
+# figure carries.
+WINDOW_PARTS: Final = 3
 NULL_E2E_ESTIMATE: Final = 1000.0  # strips/s: where the null e2e ramp starts
 BACKEND: Final = "onnxruntime"  # the null models are ONNX; they cost next to nothing anywhere
 
@@ -125,10 +126,12 @@ def _cpu_per_strip(
         idle1, idle_wall1 = _cpu_s(pid), time.monotonic()
         threads0, wall0 = thread_use(pid), time.monotonic()
         parts: list[tuple[Step, float, float]] = []  # (part, daemon CPU s before, after)
-        for n in range(WINDOWS):
+        for n in range(WINDOW_PARTS):
             before = _cpu_s(pid)
             # Until every frame of the part is answered (offer drains): all their work is in.
-            part = Step(f"{verdict} {n + 1}/{WINDOWS}", rate, settings.duration_s / WINDOWS)
+            part = Step(
+                f"{verdict} {n + 1}/{WINDOW_PARTS}", rate, settings.duration_s / WINDOW_PARTS
+            )
             parts.append((offer(line, snapshot, part), before, _cpu_s(pid)))
         threads1, wall1 = thread_use(pid), time.monotonic()
         records = np.load(snapshot)
@@ -241,7 +244,7 @@ def run_host(
         "backend": BACKEND,
         "offered_per_s": dict(RATES),
         "warm_up_s": WARM_S,
-        "window_parts": WINDOWS,
+        "window_parts": WINDOW_PARTS,
         "idle_s": IDLE_S,
         "seconds": settings.duration_s,
         "e2e_null_estimate_strips_per_s": NULL_E2E_ESTIMATE,
