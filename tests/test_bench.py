@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edge.cli.main import app
+from edge.tools.bench.e2e_results import Step
 from edge.tools.bench.workload import synthetic_pool
 
 RATIOS = {
@@ -290,6 +291,28 @@ def _records(start_ns: int, latencies_ms: np.ndarray, kind: str = "result") -> l
         ts = start_ns + int(1.5e9) + i * int(1e7)  # past the settle second, 10 ms apart
         rows.append((KINDS.index(kind), 1, i, ts, ts + int(ms * 1e6), 0, 0, ms))
     return rows
+
+
+def _ramp_step(offered: float, delivered: float, drops: int = 0) -> Step:
+    step = Step(f"ramp at {offered:g}", offered, 4.0)
+    step.figures = {"offered_strips_per_s": offered, "strips_per_s": delivered,
+                    "drops": drops, "missing_in_transport": 0}  # fmt: skip
+    return step
+
+
+def test_the_ramp_tries_between_a_kept_up_step_and_an_overloaded_one_below_it() -> None:
+    from edge.tools.bench.e2e_results import between_rate
+
+    kept = _ramp_step(1500.0, 1498.0)
+    # Overloaded, and delivering less than the step before it was offered: the best step is
+    # only a floor, so one step at the mean of the two offers.
+    assert between_rate([_ramp_step(1000.0, 999.0), kept, _ramp_step(2250.0, 1400.0, 40)]) == 1875
+    # Overloaded but delivering more than the kept-up offer: its pace is the measure.
+    assert between_rate([kept, _ramp_step(2250.0, 1700.0, 40)]) is None
+    # Nothing overloaded yet, or both overloaded: nothing to narrow.
+    assert between_rate([kept, _ramp_step(2250.0, 2249.0)]) is None
+    assert between_rate([_ramp_step(1500.0, 1200.0, 5), _ramp_step(2250.0, 1100.0, 90)]) is None
+    assert between_rate([kept]) is None
 
 
 def test_tail_inflation_is_p99_at_80_over_p99_at_low_load() -> None:

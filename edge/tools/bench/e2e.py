@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from edge.tools.bench.e2e_processes import REPLY_TIMEOUT_S, Agent, E2EError, Line, start_line
-from edge.tools.bench.e2e_results import Step, e2e_section, low_rate, saturated, step_figures
+from edge.tools.bench.e2e_results import (
+    Step,
+    between_rate,
+    e2e_section,
+    low_rate,
+    saturated,
+    step_figures,
+)
 from edge.tools.bench.workload import StripPool
 
 __all__ = ["E2EError", "E2ESettings", "daemon_options", "offer", "run_e2e"]
@@ -129,6 +136,8 @@ def run_e2e(
             # Still keeping up: the estimate was low. Go on up, bounded in steps and so in time.
             while not saturated(ramp[-1].figures) and len(ramp) < 6:
                 rate = ramp[-1].offered * 1.5
+                ramp.append(step(f"ramp {rate / estimate:.3g}x", rate, settings.step_s))
+            if (rate := between_rate(ramp)) is not None:
                 ramp.append(step(f"ramp {rate / estimate:.3g}x", rate, settings.step_s))
             saturation = max(s.figures["strips_per_s"] for s in ramp)
             # The reference of tail_inflation: hardly any queueing, the strips' own latency.

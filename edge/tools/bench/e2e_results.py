@@ -81,6 +81,23 @@ def saturated(fig: dict[str, Any]) -> bool:
     return shed(fig) > 0 or fig["strips_per_s"] < 0.9 * fig["offered_strips_per_s"]
 
 
+def between_rate(ramp: list[Step]) -> float | None:
+    """The rate to offer between the ramp's last two steps, or None.
+
+    Where the last step was overloaded and delivered less than the step before it was offered
+    (which kept up), the best step delivered is only a floor of the saturation: the daemon's
+    pace lies anywhere between the two offers (1,500 and 2,250 on the host mode's null pair).
+    One step at their mean narrows that by half."""
+    if len(ramp) < 2:
+        return None
+    kept, over = ramp[-2], ramp[-1]
+    if saturated(kept.figures) or not saturated(over.figures):
+        return None
+    if over.figures["strips_per_s"] >= kept.offered:
+        return None
+    return (kept.offered + over.offered) / 2
+
+
 def low_rate(saturation: float) -> float:
     """The offered rate of the low-load step: LOW_LOAD x saturation, but at least
     LOW_LOAD_MIN_RATE strips/s (so the step has latency samples), and at most half of it."""
