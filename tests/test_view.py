@@ -330,6 +330,17 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+def _attribute_of_each(browser: Any, css: str, name: str) -> list[str | None]:
+    """``name`` of every element matching ``css``, read in one script: the page rebuilds its
+    class table and coil map on every status message, so elements found by one WebDriver call
+    can be gone by the next (StaleElementReferenceException, seen in CI)."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.getAttribute(arguments[1]))",
+        css,
+        name,
+    )
+
+
 def _screen_pixels_of(screenshot: np.ndarray, rect: dict[str, float], rgb: tuple[int, int, int],
                       width: int, height: int) -> np.ndarray:  # fmt: skip
     """Strip coordinates (x, y) of the screenshot's pixels of colour ``rgb`` inside ``rect``."""
@@ -377,8 +388,7 @@ def test_the_page_shows_strips_outlines_counts_and_a_lost_daemon(
     hover = outlines[0].find_element(By.TAG_NAME, "title").get_attribute("textContent")
     assert "score" in hover and "10000 px" in hover  # 200 x 50 px
     assert browser.find_element(By.ID, "count-defective").text == "2"
-    classes = browser.find_elements(By.CSS_SELECTOR, "#classes .class-row")
-    assert sorted(r.get_attribute("data-class") for r in classes) == ["1", "3"]
+    assert sorted(_attribute_of_each(browser, "#classes .class-row", "data-class")) == ["1", "3"]
     assert len(browser.find_elements(By.CSS_SELECTOR, "#coilmap .coil-defect")) == 3
     assert "C77" in browser.find_element(By.ID, "coiltitle").text
     assert not browser.find_element(By.ID, "banner").is_displayed()
