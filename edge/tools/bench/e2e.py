@@ -130,15 +130,18 @@ def run_e2e(
                 return done
 
             estimate = max(settings.estimate, 0.5)
+
+            def ramp_step(rate: float) -> Step:
+                return step(f"ramp {rate / estimate:.3g}x", rate, settings.step_s)
+
             # Warm-up: first batches of each size allocate; not part of any figure.
             warm = step("warm-up", 0.5 * estimate, min(2.0, settings.step_s))
-            ramp = [step(f"ramp {f:g}x", f * estimate, settings.step_s) for f in (0.5, 1.0, 1.5)]
+            ramp = [ramp_step(f * estimate) for f in (0.5, 1.0, 1.5)]
             # Still keeping up: the estimate was low. Go on up, bounded in steps and so in time.
             while not saturated(ramp[-1].figures) and len(ramp) < 6:
-                rate = ramp[-1].offered * 1.5
-                ramp.append(step(f"ramp {rate / estimate:.3g}x", rate, settings.step_s))
+                ramp.append(ramp_step(ramp[-1].offered * 1.5))
             if (rate := between_rate(ramp)) is not None:
-                ramp.append(step(f"ramp {rate / estimate:.3g}x", rate, settings.step_s))
+                ramp.append(ramp_step(rate))
             saturation = max(s.figures["strips_per_s"] for s in ramp)
             # The reference of tail_inflation: hardly any queueing, the strips' own latency.
             low = step("10% of saturation", low_rate(saturation), settings.step_s)
