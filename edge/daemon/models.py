@@ -54,6 +54,7 @@ RESTART_KEYS = (
     "state_dir",
     "daemon_id",
     "workers",  # the inference threads are started once
+    "cpu_scheduling",  # set as the threads start
 )
 
 

@@ -33,7 +33,7 @@ import structlog
 import zmq
 
 from edge import __version__, protocol
-from edge.daemon import seqstate
+from edge.daemon import cpu, seqstate
 from edge.daemon.config import Config
 from edge.daemon.finishers import Finishers
 from edge.daemon.frames import Frame
@@ -196,6 +196,8 @@ class Server:
         self.publish_endpoint = publisher.endpoint
         self.bound_sources = receiver.bound
         self._started_at = time.monotonic()
+        # Its threads exist once the sockets do; the daemon's own set theirs as they start.
+        zmq_policies = cpu.apply_to_zmq_threads(cfg.cpu_scheduling)
         workers = self._start_threads(publisher, receiver, replicas)
         log.info(
             "daemon ready",
@@ -207,6 +209,8 @@ class Server:
             backend=replicas.backend_name,
             workers=workers.count,
             threads_per_worker=replicas.plan.threads,
+            # What ZeroMQ's threads run under (the daemon's own apply the same as they start).
+            cpu_scheduling="/".join(sorted(set(zmq_policies))) or cpu.policy_name(),
             metrics=self.health and "http://{}:{}/metrics".format(*self.health.address),
         )
         self.started.set()
@@ -373,6 +377,7 @@ class Server:
 
         def body() -> None:
             name_os_thread(threading.current_thread().name)
+            cpu.apply(self.config.cpu_scheduling)
             try:
                 target()
             except BaseException as exc:

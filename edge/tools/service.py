@@ -129,6 +129,7 @@ backend = "onnxruntime"
 # `inference workers` log line at start says what was chosen.
 workers = 0
 threads = 0                       # ONNX Runtime threads per worker
+# cpu_scheduling = "batch"        # default: batch, for fewer context switches; or inherit (CPUSchedulingPolicy=)
 max_batch = 32                    # tiles per model call; `edge bench --mode backend` finds the best
 
 # Load shedding: strips waiting for inference, then drop-oldest (each drop is an event).

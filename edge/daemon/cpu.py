@@ -1,0 +1,96 @@
+"""The Linux scheduling policy of the daemon's threads, and why it is ``batch``.
+
+A frame goes from thread to thread: ZeroMQ's I/O thread, the receiver, an inference worker, the
+publisher, and ZeroMQ's I/O thread again for its event. Each hand-off wakes a thread that needs
+the GIL. Under the kernel's default policy (``SCHED_OTHER``) the woken thread often preempts the
+one that woke it on the spot, while that one still holds the GIL; it then blocks on the GIL, and
+the two swap back once the GIL is let go. ``perf record -e sched:sched_switch`` on the daemon at
+300 clean strips/s: a third of the receiver's and the worker's context switches were such
+preemptions, and as many again were waits for the GIL. Under ``SCHED_BATCH`` a woken thread
+does not preempt a running one: it runs when the waker blocks (every thread here blocks right
+after its hand-off), at the next scheduler tick, or at once on an idle core. Measured on 2
+vCPUs with null models, the policy switched back and forth inside one running daemon
+(docs/performance.md): context switches per clean strip 7.5 -> 4.7, the daemon's CPU per strip
+9-10 % lower at 300 clean strips/s, 3 % at 40 all-defective ones, 6 % on a 20 % defective mix at
+800/s, and at 900/s fewer frames shed in each of three rounds.
+
+``inherit`` leaves every thread as the process was started (systemd's ``CPUSchedulingPolicy=``).
+Only threads under the default policy are changed: one started as realtime, idle or batch keeps
+what it was given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+CpuScheduling = Literal["batch", "inherit"]
+# The names systemd's CPUSchedulingPolicy= uses, for the log.
+_NAMES = {
+    getattr(os, attr): name
+    for attr, name in (
+        ("SCHED_OTHER", "other"),
+        ("SCHED_BATCH", "batch"),
+        ("SCHED_IDLE", "idle"),
+        ("SCHED_FIFO", "fifo"),
+        ("SCHED_RR", "rr"),
+    )
+    if hasattr(os, attr)
+}
+ZMQ_THREAD_PREFIX = "ZMQbg/"  # libzmq names its I/O and reaper threads so
+
+
+def policy_name(tid: int = 0) -> str:
+    """The policy thread ``tid`` runs under (0: the calling thread), as systemd names it."""
+    if not hasattr(os, "sched_getscheduler"):
+        return "unknown"
+    try:
+        return _NAMES.get(os.sched_getscheduler(tid), "unknown")
+    except OSError:  # the thread is gone
+        return "unknown"
+
+
+def apply(policy: CpuScheduling, tid: int = 0) -> str:
+    """Put thread ``tid`` (0: the calling thread) under ``policy``; the policy it then has.
+
+    A failure is logged, never raised: the daemon serves under the default policy too, only with
+    more context switches per strip.
+    """
+    if policy == "inherit" or not hasattr(os, "SCHED_BATCH"):
+        return policy_name(tid)
+    try:
+        if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+            return policy_name(tid)
+        os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as err:
+        log.warning("cannot put a thread under the batch CPU scheduling policy; it runs under "
+                    "the kernel's default (more context switches per strip)",
+                    thread=_thread_name(tid), error=str(err), throttle=True)  # fmt: skip
+    return policy_name(tid)
+
+
+def apply_to_zmq_threads(policy: CpuScheduling) -> list[str]:
+    """Put ZeroMQ's own threads of this process under ``policy`` (they exist once a context
+    has made its first socket); their policies, in /proc's order."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    found = []
+    for task in sorted(tasks.iterdir(), key=lambda p: int(p.name)):
+        if _thread_name(int(task.name)).startswith(ZMQ_THREAD_PREFIX):
+            found.append(apply(policy, int(task.name)))
+    return found
+
+
+def _thread_name(tid: int) -> str:
+    if tid == 0:
+        return "this thread"
+    try:
+        return Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return str(tid)
