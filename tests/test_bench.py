@@ -107,6 +107,9 @@ def test_all_modes_write_every_documented_figure(tiny_repo: Path, tmp_path: Path
         "2x saturation",
     ]
     assert report["ratios"]["tail_inflation"] == e2e["tail_inflation"]
+    # What the daemon settled on, as it logged it: the run can be compared with another.
+    assert e2e["settings"]["daemon"] == {"backend": "onnxruntime", "workers": 2,
+                                         "threads_per_worker": 1, "cpu_scheduling": "batch"}  # fmt: skip
     assert report["edge_bench"] == 2
     # The same classifier pass over the same pool: the same share for both.
     assert 0 < report["pipeline"]["gate_pass_share"] == e2e["gate_pass_share"] < 1
@@ -253,6 +256,7 @@ def test_host_mode_measures_the_daemon_on_null_models(tiny_repo: Path, tmp_path:
         assert len(parts) == host["settings"]["window_parts"] == 3 and all(p > 0 for p in parts)
         assert min(parts) * 0.99 <= run["cpu_ms_per_strip"] <= max(parts) * 1.01, run
         assert run["threads_by_name"], run
+        assert run["daemon"]["workers"] == 2 and run["daemon"]["cpu_scheduling"] == "batch", run
         receiver = run["threads_by_name"]["receiver"]
         # The receiver waits in libzmq between frames: it is switched out, and counted.
         assert receiver["switches"] > 0

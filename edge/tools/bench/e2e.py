@@ -152,7 +152,7 @@ def run_e2e(
         records = np.load(snapshot)
     advance(5, "stopped")
     return e2e_section(
-        _settings_section(settings),
+        {**_settings_section(settings), "daemon": line.daemon_chose},
         warm,
         ramp,
         saturation,

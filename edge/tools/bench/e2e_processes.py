@@ -15,13 +15,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from edge.tools.bench.e2e_results import Step
 from edge.tools.bench.stats import rss_mb
 
+# The 'daemon ready' keys a report carries: what `auto` and the defaults came to on this machine.
+DAEMON_CHOSE = ("backend", "workers", "threads_per_worker", "cpu_scheduling")
 START_TIMEOUT_S = 60.0  # model loading and self-test of a slow machine included
 REPLY_TIMEOUT_S = 15.0
 
@@ -195,7 +197,13 @@ class Line:
     daemon: Daemon
     subscriber: Agent
     sampler: RssSampler
+    ready: dict[str, Any] = field(default_factory=dict)  # its 'daemon ready' entry
     stopped: dict[str, Any] | None = None
+
+    @property
+    def daemon_chose(self) -> dict[str, Any]:
+        """What the daemon settled on for itself (auto values resolved), as it logged at start."""
+        return {key: self.ready.get(key) for key in DAEMON_CHOSE}
 
 
 @contextlib.contextmanager
@@ -238,7 +246,7 @@ def start_line(strips: Path, cameras: int, daemon_options: list[str], work: Path
         if not camera.ask(cmd="wait_subscriber", seconds=REPLY_TIMEOUT_S)["subscribed"]:
             raise E2EError("the daemon never subscribed to the camera")
         sampler = RssSampler(daemon.proc.pid)
-        line = Line(camera, daemon, subscriber, sampler)
+        line = Line(camera, daemon, subscriber, sampler, ready)
         yield line
     finally:
         if sampler is not None:
