@@ -68,19 +68,21 @@ def test_a_refused_policy_is_logged_and_the_thread_serves_on(
     assert "Operation not permitted" in said
 
 
-def test_zeromqs_threads_of_this_process_go_under_batch() -> None:
-    context = zmq.Context()
-    sock = context.socket(zmq.PUB)  # libzmq starts its I/O thread with the first socket
-    try:
-        policies = cpu.apply_to_zmq_threads("batch")
-        assert policies and set(policies) == {"batch"}, policies
-        tasks = Path("/proc/self/task")
-        zmq_tids = [int(t.name) for t in tasks.iterdir()
-                    if (t / "comm").read_text().startswith(cpu.ZMQ_THREAD_PREFIX)]  # fmt: skip
-        assert zmq_tids and all(os.sched_getscheduler(t) == os.SCHED_BATCH for t in zmq_tids)
-    finally:
-        sock.close(0)
-        context.term()
+def test_threads_started_in_the_block_inherit_batch_and_the_caller_gets_its_own_back() -> None:
+    def body() -> tuple[str, list[int], int]:
+        context = zmq.Context()
+        before = set(os.listdir("/proc/self/task"))
+        try:
+            with cpu.for_threads_started_here("batch") as got:
+                context.socket(zmq.PUB).close(linger=0)  # libzmq starts its threads here
+            started = [int(t) for t in set(os.listdir("/proc/self/task")) - before]
+            return got, [os.sched_getscheduler(t) for t in started], os.sched_getscheduler(0)
+        finally:
+            context.term()
+
+    got, started, caller = _in_a_thread(body)
+    assert got == "batch" and started and set(started) == {os.SCHED_BATCH}, started
+    assert caller == os.SCHED_OTHER
 
 
 def _policies(pid: int) -> dict[str, set[str]]:

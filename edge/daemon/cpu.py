@@ -21,7 +21,9 @@ what it was given.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +44,6 @@ _NAMES = {
     )
     if hasattr(os, attr)
 }
-ZMQ_THREAD_PREFIX = "ZMQbg/"  # libzmq names its I/O and reaper threads so
 
 
 def policy_name(tid: int = 0) -> str:
@@ -74,17 +75,21 @@ def apply(policy: CpuScheduling, tid: int = 0) -> str:
     return policy_name(tid)
 
 
-def apply_to_zmq_threads(policy: CpuScheduling) -> list[str]:
-    """Put ZeroMQ's own threads of this process under ``policy`` (they exist once a context
-    has made its first socket); their policies, in /proc's order."""
-    tasks = Path("/proc/self/task")
-    if not tasks.is_dir():
-        return []
-    found = []
-    for task in sorted(tasks.iterdir(), key=lambda p: int(p.name)):
-        if _thread_name(int(task.name)).startswith(ZMQ_THREAD_PREFIX):
-            found.append(apply(policy, int(task.name)))
-    return found
+@contextlib.contextmanager
+def for_threads_started_here(policy: CpuScheduling) -> Iterator[str]:
+    """Run the block with the calling thread under ``policy``, so that threads started in it
+    inherit it (libzmq's, which it starts with a context's first socket); the calling thread's
+    own policy is put back after. Yields the policy the block ran under."""
+    if policy == "inherit" or not hasattr(os, "SCHED_BATCH"):
+        yield policy_name()
+        return
+    before, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield apply(policy)
+    finally:
+        if os.sched_getscheduler(0) != before:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, before, param)
 
 
 def _thread_name(tid: int) -> str:

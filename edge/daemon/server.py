@@ -147,6 +147,11 @@ class Server:
             opened.callback(lambda: self.replicas and self.replicas.close())  # a reload's, once up
             with step("cannot create the ZeroMQ context"):
                 context = zmq.Context()
+                # libzmq starts its threads with the first socket, under the policy of the
+                # thread that makes it: one now, under cpu_scheduling (the daemon's own threads
+                # set theirs as they start).
+                with cpu.for_threads_started_here(cfg.cpu_scheduling) as zmq_policy:
+                    context.socket(zmq.PUB).close(linger=0)
             opened.callback(context.term)
             secure = None
             if cfg.curve_secret_key is not None and cfg.curve_authorized_clients is not None:
@@ -196,8 +201,6 @@ class Server:
         self.publish_endpoint = publisher.endpoint
         self.bound_sources = receiver.bound
         self._started_at = time.monotonic()
-        # Its threads exist once the sockets do; the daemon's own set theirs as they start.
-        zmq_policies = cpu.apply_to_zmq_threads(cfg.cpu_scheduling)
         workers = self._start_threads(publisher, receiver, replicas)
         log.info(
             "daemon ready",
@@ -209,8 +212,7 @@ class Server:
             backend=replicas.backend_name,
             workers=workers.count,
             threads_per_worker=replicas.plan.threads,
-            # What ZeroMQ's threads run under (the daemon's own apply the same as they start).
-            cpu_scheduling="/".join(sorted(set(zmq_policies))) or cpu.policy_name(),
+            cpu_scheduling=zmq_policy,  # ZeroMQ's threads'; the daemon's own set the same
             metrics=self.health and "http://{}:{}/metrics".format(*self.health.address),
         )
         self.started.set()
