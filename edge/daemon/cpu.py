@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -46,33 +46,30 @@ _NAMES = {
 }
 
 
-def policy_name(tid: int = 0) -> str:
-    """The policy thread ``tid`` runs under (0: the calling thread), as systemd names it."""
+def policy_name() -> str:
+    """The policy the calling thread runs under, as systemd names it."""
     if not hasattr(os, "sched_getscheduler"):
         return "unknown"
-    try:
-        return _NAMES.get(os.sched_getscheduler(tid), "unknown")
-    except OSError:  # the thread is gone
-        return "unknown"
+    return _NAMES.get(os.sched_getscheduler(0), "unknown")
 
 
-def apply(policy: CpuScheduling, tid: int = 0) -> str:
-    """Put thread ``tid`` (0: the calling thread) under ``policy``; the policy it then has.
+def apply(policy: CpuScheduling) -> str:
+    """Put the calling thread under ``policy``; the policy it then has.
 
     A failure is logged, never raised: the daemon serves under the default policy too, only with
     more context switches per strip.
     """
     if policy == "inherit" or not hasattr(os, "SCHED_BATCH"):
-        return policy_name(tid)
+        return policy_name()
     try:
-        if os.sched_getscheduler(tid) != os.SCHED_OTHER:
-            return policy_name(tid)
-        os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            return policy_name()
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except OSError as err:
         log.warning("cannot put a thread under the batch CPU scheduling policy; it runs under "
                     "the kernel's default (more context switches per strip)",
-                    thread=_thread_name(tid), error=str(err), throttle=True)  # fmt: skip
-    return policy_name(tid)
+                    thread=threading.current_thread().name, error=str(err), throttle=True)  # fmt: skip
+    return policy_name()
 
 
 @contextlib.contextmanager
@@ -90,12 +87,3 @@ def for_threads_started_here(policy: CpuScheduling) -> Iterator[str]:
         if os.sched_getscheduler(0) != before:
             with contextlib.suppress(OSError):
                 os.sched_setscheduler(0, before, param)
-
-
-def _thread_name(tid: int) -> str:
-    if tid == 0:
-        return "this thread"
-    try:
-        return Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-    except OSError:
-        return str(tid)

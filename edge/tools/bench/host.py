@@ -135,7 +135,6 @@ def _cpu_per_strip(
             parts.append((offer(line, snapshot, part), before, _cpu_s(pid)))
         threads1, wall1 = thread_use(pid), time.monotonic()
         records = np.load(snapshot)
-        chose = line.daemon_chose
     cpu0, cpu1 = parts[0][1], parts[-1][2]
     # The whole window's figures, from the events of all its parts (none came between them).
     step = Step(verdict, rate, settings.duration_s, sent=sum(p.sent for p, _, _ in parts),
@@ -178,7 +177,7 @@ def _cpu_per_strip(
         # The daemon names its threads in the OS (receiver, inference-N, finishing-N,
         # publisher); ZeroMQ's are ZMQbg/*; its main thread keeps the process's name.
         "threads_by_name": _per_name(threads0, threads1, results),
-        "daemon": chose,
+        "daemon": line.daemon_chose,
     }
     if not section["kept_up"]:
         section["note"] = (
